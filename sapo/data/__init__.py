@@ -1,0 +1,21 @@
+"""Data: trajectories and steps, tasks and their checkers, the sandbox, and the DataModules."""
+
+from sapo.data.datamodule import SFTDataModule
+from sapo.data.preference import PairCollator, PreferencePair
+from sapo.data.steps import StepEncoding, encode_steps, join_steps, split_steps
+from sapo.data.trajectory import Cost, Trajectory, TrajectoryFormatError, read_jsonl, write_jsonl
+
+__all__ = [
+    "Cost",
+    "PairCollator",
+    "PreferencePair",
+    "SFTDataModule",
+    "StepEncoding",
+    "Trajectory",
+    "TrajectoryFormatError",
+    "encode_steps",
+    "join_steps",
+    "read_jsonl",
+    "split_steps",
+    "write_jsonl",
+]

@@ -1,0 +1,82 @@
+"""DataModules: what each training phase reads. The SFT phase reads gold solutions of a task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from sapo.data.preference import PairCollator, PreferencePair
+from sapo.data.tasks.base import Task
+
+__all__ = ["SFTDataModule", "gold_pairs"]
+
+
+def gold_pairs(task: Task, tokenizer: Any) -> list[PreferencePair]:
+    """One SFT pair (no rejected side) per question of ``task`` that has a reference solution."""
+    pairs = []
+    for question in task.load():
+        gold = task.gold_trajectory(question)
+        pairs.append(PreferencePair(question.id, task.prompt(question, tokenizer), gold.steps))
+    return pairs
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Supervised fine-tuning on a task's reference solutions (the loop's first phase, and the SFT baseline).
+
+    The tokenizer is the model's: it is read from the LightningModule in :meth:`setup`, so the prompt
+    template and the tokens always match the model being trained.
+
+    Args:
+        task: where the training questions and their gold solutions come from.
+        val_task: held-out questions for the validation loss (none: no validation).
+        batch_size: pairs per batch; batches are padded to their longest sequence.
+        max_length: tokens per sequence (prompt and solution); longer ones are cut.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        val_task: Task | None = None,
+        batch_size: int = 8,
+        max_length: int = 512,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {max_length}")
+        self.task = task
+        self.val_task = val_task
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.num_workers = num_workers
+        self.train_pairs: list[PreferencePair] = []
+        self.val_pairs: list[PreferencePair] = []
+
+    def setup(self, stage: str) -> None:
+        tokenizer = self.trainer.lightning_module.tokenizer
+        self.collator = PairCollator(tokenizer, self.task.separator, self.max_length)
+        if stage == "fit" and not self.train_pairs:
+            self.train_pairs = gold_pairs(self.task, tokenizer)
+        if self.val_task is not None and not self.val_pairs:
+            self.val_pairs = gold_pairs(self.val_task, tokenizer)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_pairs,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_pairs:
+            return []
+        return DataLoader(
+            self.val_pairs, batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers
+        )

@@ -1,0 +1,108 @@
+"""HumanEval (Chen et al. 2021), for out-of-domain evaluation of code reasoners.
+
+Each question is a function signature with its docstring (``prompt``); the answer completes it. Two kinds
+of completion are accepted: the function's body (a base model continuing the prompt), run as
+``prompt + body``; or the whole function, in a fenced block or bare (a chat model), run after the prompt
+so that the prompt's imports and helper functions are there and the new definition replaces the stub.
+The row's ``test`` defines ``check(candidate)``; the program passes when ``check(entry_point)`` runs to its
+end in the sandbox (its asserts under the sandbox's plain-value rule, see :mod:`sapo.data.sandbox`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from sapo.data.tasks.base import Question
+from sapo.data.tasks.loading import InvalidRows, Row, load_rows, require_field
+from sapo.data.tasks.mbpp import CodeTask, code_lines
+
+__all__ = ["HumanEvalTask", "humaneval_program"]
+
+
+def humaneval_program(prompt: str, code: str, entry_point: str) -> str:
+    """The program to run: ``prompt`` followed by the completion's code (a body continues the prompt; a
+    whole function, which defines ``entry_point`` at the top level, follows it on a new line)."""
+    defines = re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE)
+    return prompt.rstrip("\n") + "\n\n" + code if defines else prompt + code
+
+
+class HumanEvalTask(CodeTask):
+    """HumanEval from the hub (``openai/openai_humaneval``, split ``test``) or a local file
+    (``HumanEval.jsonl.gz``).
+
+    Args:
+        source: a hub dataset id, a folder laid out like it, or a file.
+        split: the hub split (HumanEval has only ``test``); ignored for a file.
+        start, stop: a Python slice of the questions.
+        skip_invalid: skip malformed rows, counting them in :attr:`skipped`, instead of raising an error
+            naming the file, line and field.
+        timeout, memory_mb, workers, isolation, use_chat_template: see :class:`~sapo.data.tasks.mbpp.CodeTask`.
+
+    Question ids are ``humaneval/{n}``; ``question`` is the prompt (signature and docstring), ``solution``
+    the canonical body, and ``meta`` holds ``prompt``, ``entry_point``, ``test`` and ``where``.
+    """
+
+    name = "humaneval"
+    instruction = (
+        "Complete the following Python function. Answer with the whole function in a code block.\n\n"
+    )
+    prompt_template = "{question}"
+
+    def __init__(
+        self,
+        source: str = "openai/openai_humaneval",
+        split: str = "test",
+        start: int | None = None,
+        stop: int | None = None,
+        skip_invalid: bool = False,
+        timeout: float = 10.0,
+        memory_mb: int = 512,
+        workers: int | None = None,
+        isolation: str = "auto",
+        use_chat_template: bool = True,
+    ) -> None:
+        super().__init__(
+            timeout=timeout,
+            memory_mb=memory_mb,
+            workers=workers,
+            isolation=isolation,
+            use_chat_template=use_chat_template,
+        )
+        self.source = os.fspath(source)
+        self.split = split
+        self.start = start
+        self.stop = stop
+        #: rows left out by ``skip_invalid`` in the last :meth:`load`, with the reasons
+        self.skipped = InvalidRows(skip=skip_invalid)
+        self._questions: list[Question] | None = None
+
+    def load(self) -> list[Question]:
+        """The questions, sliced ``[start:stop]`` (read once, then cached)."""
+        if self._questions is None:
+            self.skipped.clear()
+            rows = load_rows(self.source, self.split, start=self.start, stop=self.stop, invalid=self.skipped)
+            self._questions = self.skipped.convert(rows, self.question_from_row)
+        return list(self._questions)
+
+    def question_from_row(self, row: Row) -> Question:
+        task_id = require_field(row, "task_id", str)
+        prompt = require_field(row, "prompt", str)
+        entry_point = require_field(row, "entry_point", str).strip()
+        test = require_field(row, "test", str)
+        solution = row.data.get("canonical_solution")
+        return Question(
+            id=f"{self.name}/{task_id.rsplit('/', 1)[-1]}",
+            question=prompt,
+            solution=self.completion_text(code_lines(solution)) if isinstance(solution, str) else None,
+            tests=[f"check({entry_point})"],
+            meta={"prompt": prompt, "entry_point": entry_point, "test": test, "where": row.where},
+        )
+
+    def user_message(self, question: Question) -> str:
+        return f"{self.instruction}```python\n{question.question}```"
+
+    def job(self, code: str, question: Question) -> tuple[str, list[str], str | None]:
+        """``(prompt + completion, ["check(entry_point)"], the row's test code)``."""
+        program = humaneval_program(question.meta["prompt"], code, question.meta["entry_point"])
+        return program, list(question.tests or []), question.meta["test"]

@@ -1,0 +1,83 @@
+"""The `sapo` command: help, printing a recipe, running the smoke recipe, and refusing bad configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sapo.cli import SapoCLI
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _sapo(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process (parsing only costs milliseconds here); return exit code and output."""
+    with pytest.raises(SystemExit) as exit_info:
+        SapoCLI(args=list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def test_console_script_help_lists_the_subcommands():
+    sapo = Path(sys.executable).parent / "sapo"
+    result = subprocess.run([str(sapo), "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0
+    for command in ("fit", "validate", "test", "predict"):
+        assert command in result.stdout
+    assert "sapo" in result.stdout
+
+
+def test_print_config_gives_a_complete_recipe(capsys):
+    code, out, err = _sapo(capsys, "fit", "--print_config")
+    assert code == 0, err
+    config = yaml.safe_load(out)
+    assert config["model"]["class_path"] == "sapo.models.reasoner.ORPOReasoner"
+    assert config["model"]["init_args"]["backbone"]["name_or_path"] == "smollm2-135m-instruct"
+    assert config["data"]["init_args"]["task"]["class_path"].endswith("ArithmeticTask")
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_recipe_parses(recipe, capsys):
+    code, out, err = _sapo(capsys, "fit", "--config", str(CONFIGS / recipe), "--print_config")
+    assert code == 0, err
+    assert yaml.safe_load(out)["model"]["class_path"].startswith("sapo.")
+
+
+def test_smoke_recipe_trains_and_measures(tmp_path, monkeypatch, sapo_cache_dir):
+    monkeypatch.chdir(tmp_path)
+    SapoCLI(args=["fit", "--config", str(CONFIGS / "smoke.yaml"),
+                  "--model.init_args.backbone.cache_dir", sapo_cache_dir])
+    logs = tmp_path / "runs" / "smoke" / "logs" / "version_0"
+    rows = list(csv.DictReader((logs / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    accuracies = [r["val/accuracy"] for r in rows if r.get("val/accuracy")]
+    assert len(accuracies) == 3  # before training and at both validations
+    start = [json.loads(line) for line in (logs / "heldout_start.jsonl").open()]
+    assert len(start) == 8 and all(r["outcome"] in (True, False) for r in start)
+    assert (logs / "heldout_step3.jsonl").exists() and (logs / "heldout_step6.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--trainer.max_stepz", "3"], "max_stepz"),
+        (["--data.init_args.batch_size", "many"], "batch_size"),
+        (["--model.class_path", "sapo.models.NoSuchReasoner"], "NoSuchReasoner"),
+        (["--data.init_args.task.init_args.max_steps", "-2"], "max_steps"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(override, message, capsys):
+    args = ["fit", "--config", str(CONFIGS / "smoke.yaml"), *override, "--trainer.fast_dev_run", "true"]
+    try:
+        code, _, err = _sapo(capsys, *args)
+    except ValueError as error:  # a constructor's own check, raised while instantiating, before any work
+        code, err = 1, str(error)
+    assert code != 0
+    assert message in err

@@ -1,0 +1,73 @@
+"""Losses against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sapo.data.preference import IGNORE_INDEX
+from sapo.models.losses import log1mexp, orpo_loss, sequence_logprob
+
+
+def test_sequence_logprob_matches_hand_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 1, 6], [IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX, 4]])
+    logp, counts = sequence_logprob(logits, labels)
+    probs = torch.softmax(logits, -1)
+    # logits at t predict the label at t+1
+    row0 = (math.log(probs[0, 1, 3]) + math.log(probs[0, 2, 1]) + math.log(probs[0, 3, 6])) / 3
+    row1 = (math.log(probs[1, 0, 2]) + math.log(probs[1, 3, 4])) / 2
+    assert counts.tolist() == [3, 2]
+    assert logp.tolist() == pytest.approx([row0, row1], rel=1e-5)
+
+
+@pytest.mark.parametrize("x", [-1e-6, -1e-3, -0.3, -0.69, -0.7, -2.0, -30.0])
+def test_log1mexp_matches_definition(x):
+    exact = math.log(1 - math.exp(x)) if x > -20 else math.log1p(-math.exp(x))
+    assert log1mexp(torch.tensor(x, dtype=torch.float64)).item() == pytest.approx(exact, rel=1e-6)
+
+
+def test_log1mexp_is_finite_at_probability_one():
+    value = log1mexp(torch.tensor([0.0, -1e-12]))
+    assert torch.isfinite(value).all()
+    # naive log(1 - exp(x)) is -inf there: the stable form must not be
+    assert torch.isinf(torch.log(1 - torch.exp(torch.tensor(0.0))))
+
+
+def _hand_orpo(chosen: list[float], rejected: list[float], weight: float) -> float:
+    def log_odds(lp: float) -> float:
+        return lp - math.log(1 - math.exp(lp))
+
+    ratio = [math.log(1 / (1 + math.exp(-(log_odds(c) - log_odds(r))))) for c, r in zip(chosen, rejected)]
+    return -sum(chosen) / len(chosen) - weight * sum(ratio) / len(ratio)
+
+
+@pytest.mark.parametrize(
+    "chosen, rejected", [([-0.5, -1.2], [-0.9, -0.4]), ([-1e-4, -0.01], [-3.0, -1e-3]), ([-2.0], [-2.0])]
+)
+def test_orpo_loss_matches_hand_computation(chosen, rejected):
+    loss, terms = orpo_loss(torch.tensor(chosen, dtype=torch.float64), torch.tensor(rejected, dtype=torch.float64))
+    assert loss.item() == pytest.approx(_hand_orpo(chosen, rejected, 0.1), rel=1e-6)
+    assert terms["nll"].item() == pytest.approx(-sum(chosen) / len(chosen))
+    assert terms["reward_accuracy"].item() == pytest.approx(sum(c > r for c, r in zip(chosen, rejected)) / len(chosen))
+
+
+def test_orpo_loss_rows_without_rejected_side_are_sft_only():
+    chosen = torch.tensor([-0.5, -1.0], dtype=torch.float64)
+    rejected = torch.tensor([-2.0, -1.0], dtype=torch.float64)
+    loss, _ = orpo_loss(chosen, rejected, 0.1, has_rejected=torch.tensor([True, False]))
+    ratio_term_of_row0 = -(_hand_orpo([-0.5], [-2.0], 1.0) - 0.5)  # log sigmoid(log odds ratio) of row 0
+    assert loss.item() == pytest.approx(0.75 - 0.1 * ratio_term_of_row0, rel=1e-6)
+    loss_none, _ = orpo_loss(chosen, rejected, 0.1, has_rejected=torch.tensor([False, False]))
+    assert loss_none.item() == pytest.approx(0.75)
+
+
+def test_orpo_gradient_is_finite_near_probability_one():
+    chosen = torch.tensor([-1e-9, -1e-5], requires_grad=True)
+    rejected = torch.tensor([-1e-8, -5.0], requires_grad=True)
+    loss, _ = orpo_loss(chosen, rejected)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
