@@ -1,0 +1,23 @@
+"""Tasks: questions, prompts, answer checking and step oracles."""
+
+from sapo.data.tasks.arithmetic import ArithmeticTask
+from sapo.data.tasks.base import Question, Task
+from sapo.data.tasks.gsm8k import GSM8KTask
+from sapo.data.tasks.humaneval import HumanEvalTask
+from sapo.data.tasks.loading import InvalidRowError, Row, load_rows
+from sapo.data.tasks.math_oracle import MathTask
+from sapo.data.tasks.mbpp import CodeTask, MBPPTask
+
+__all__ = [
+    "ArithmeticTask",
+    "CodeTask",
+    "GSM8KTask",
+    "HumanEvalTask",
+    "InvalidRowError",
+    "MBPPTask",
+    "MathTask",
+    "Question",
+    "Row",
+    "Task",
+    "load_rows",
+]
