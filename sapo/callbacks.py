@@ -9,8 +9,9 @@ import lightning as L
 
 from sapo.data.tasks.base import Task
 from sapo.rollout.generate import generate_batched
+from sapo.rollout.sampler import task_stop_rule
 
-__all__ = ["HeldOutAccuracy"]
+__all__ = ["ExportPretrained", "HeldOutAccuracy"]
 
 
 class HeldOutAccuracy(L.Callback):
@@ -45,10 +46,11 @@ class HeldOutAccuracy(L.Callback):
             prompts,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
+            stop=task_stop_rule(self.task),
             progress=True,
             description=f"held-out accuracy ({tag})",
         )
-        trajectories = [self.task.trajectory(q, g.text) for q, g in zip(questions, generations)]
+        trajectories = [self.task.trajectory(q, g.text) for q, g in zip(questions, generations, strict=False)]
         accuracy = sum(bool(t.outcome) for t in trajectories) / max(1, len(trajectories))
         self.history.append((trainer.global_step, accuracy))
         if trainer.log_dir is not None:
@@ -69,3 +71,22 @@ class HeldOutAccuracy(L.Callback):
             return
         accuracy = self.measure(trainer, pl_module, f"step{trainer.global_step}")
         pl_module.log("val/accuracy", accuracy, prog_bar=True)
+
+
+class ExportPretrained(L.Callback):
+    """Save the trained model in transformers' format at the end of ``fit``, so any tool can load it.
+
+    The module must have a ``save_pretrained(path)`` method (the reasoner and the verifier do). With LoRA the
+    folder holds the adapter (peft loads it on top of the base model).
+
+    Args:
+        dirpath: the folder to write (created; files in it are replaced).
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__()
+        self.dirpath = dirpath
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            pl_module.save_pretrained(self.dirpath)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers import AutoModelForCausalLM
 
 from sapo.cli import SapoCLI
 
@@ -51,8 +52,15 @@ def test_every_recipe_parses(recipe, capsys):
 
 def test_smoke_recipe_trains_and_measures(tmp_path, monkeypatch, sapo_cache_dir):
     monkeypatch.chdir(tmp_path)
-    SapoCLI(args=["fit", "--config", str(CONFIGS / "smoke.yaml"),
-                  "--model.init_args.backbone.cache_dir", sapo_cache_dir])
+    SapoCLI(
+        args=[
+            "fit",
+            "--config",
+            str(CONFIGS / "smoke.yaml"),
+            "--model.init_args.backbone.cache_dir",
+            sapo_cache_dir,
+        ]
+    )
     logs = tmp_path / "runs" / "smoke" / "logs" / "version_0"
     rows = list(csv.DictReader((logs / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
@@ -62,6 +70,9 @@ def test_smoke_recipe_trains_and_measures(tmp_path, monkeypatch, sapo_cache_dir)
     start = [json.loads(line) for line in (logs / "heldout_start.jsonl").open()]
     assert len(start) == 8 and all(r["outcome"] in (True, False) for r in start)
     assert (logs / "heldout_step3.jsonl").exists() and (logs / "heldout_step6.jsonl").exists()
+    exported = tmp_path / "runs" / "smoke" / "reasoner"
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    assert model.num_parameters() > 0 and (exported / "tokenizer.json").exists()
 
 
 @pytest.mark.parametrize(

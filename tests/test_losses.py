@@ -14,7 +14,9 @@ from sapo.models.losses import log1mexp, orpo_loss, sequence_logprob
 def test_sequence_logprob_matches_hand_computation():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 1, 6], [IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX, 4]])
+    labels = torch.tensor(
+        [[IGNORE_INDEX, IGNORE_INDEX, 3, 1, 6], [IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX, 4]]
+    )
     logp, counts = sequence_logprob(logits, labels)
     probs = torch.softmax(logits, -1)
     # logits at t predict the label at t+1
@@ -41,7 +43,10 @@ def _hand_orpo(chosen: list[float], rejected: list[float], weight: float) -> flo
     def log_odds(lp: float) -> float:
         return lp - math.log(1 - math.exp(lp))
 
-    ratio = [math.log(1 / (1 + math.exp(-(log_odds(c) - log_odds(r))))) for c, r in zip(chosen, rejected)]
+    ratio = [
+        math.log(1 / (1 + math.exp(-(log_odds(c) - log_odds(r)))))
+        for c, r in zip(chosen, rejected, strict=False)
+    ]
     return -sum(chosen) / len(chosen) - weight * sum(ratio) / len(ratio)
 
 
@@ -49,10 +54,14 @@ def _hand_orpo(chosen: list[float], rejected: list[float], weight: float) -> flo
     "chosen, rejected", [([-0.5, -1.2], [-0.9, -0.4]), ([-1e-4, -0.01], [-3.0, -1e-3]), ([-2.0], [-2.0])]
 )
 def test_orpo_loss_matches_hand_computation(chosen, rejected):
-    loss, terms = orpo_loss(torch.tensor(chosen, dtype=torch.float64), torch.tensor(rejected, dtype=torch.float64))
+    loss, terms = orpo_loss(
+        torch.tensor(chosen, dtype=torch.float64), torch.tensor(rejected, dtype=torch.float64)
+    )
     assert loss.item() == pytest.approx(_hand_orpo(chosen, rejected, 0.1), rel=1e-6)
     assert terms["nll"].item() == pytest.approx(-sum(chosen) / len(chosen))
-    assert terms["reward_accuracy"].item() == pytest.approx(sum(c > r for c, r in zip(chosen, rejected)) / len(chosen))
+    assert terms["reward_accuracy"].item() == pytest.approx(
+        sum(c > r for c, r in zip(chosen, rejected, strict=False)) / len(chosen)
+    )
 
 
 def test_orpo_loss_rows_without_rejected_side_are_sft_only():

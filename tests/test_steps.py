@@ -17,7 +17,22 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCXYZ 0123456789 +-*/=().,;:$% éü€�
 
 def _corpus(seed: int = 0, n: int = 400) -> list[str]:
     rng = random.Random(seed)
-    words = ["step", "answer", "The", "is", "=", "+", "48/2 = 24", "so", "x", "total", "12", "apples", "€5", "é"]
+    words = [
+        "step",
+        "answer",
+        "The",
+        "is",
+        "=",
+        "+",
+        "48/2 = 24",
+        "so",
+        "x",
+        "total",
+        "12",
+        "apples",
+        "€5",
+        "é",
+    ]
     return ["\n".join(" ".join(rng.choices(words, k=rng.randint(2, 8))) for _ in range(4)) for _ in range(n)]
 
 
@@ -46,7 +61,9 @@ def bpe_merging() -> PreTrainedTokenizerFast:
 step_text = st.text(alphabet=ALPHABET, min_size=1, max_size=30).map(str.strip).filter(bool)
 steps_strategy = st.lists(step_text, min_size=1, max_size=8)
 prompt_strategy = st.text(alphabet=ALPHABET + "\n", max_size=40)
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _decode(tokenizer, ids) -> str:
@@ -92,12 +109,14 @@ def test_positions_smollm2_newline(smollm2_tokenizer, prompt, steps):
     # SmolLM2 splits newlines from words, so every step has its own last token, ending exactly at the step.
     enc = encode_steps(smollm2_tokenizer, prompt, steps, "\n")
     assert enc.unplaced == []
-    for pos, end in zip(enc.positions, _step_ends(prompt, steps, "\n")):
+    for pos, end in zip(enc.positions, _step_ends(prompt, steps, "\n"), strict=False):
         assert _decode(smollm2_tokenizer, enc.input_ids[: pos + 1]) == (prompt + join_steps(steps))[:end]
 
 
 @SETTINGS
-@given(prompt=prompt_strategy, steps=steps_strategy, separator=st.sampled_from(["\n", "\n\n", " ; ", "\nStep: "]))
+@given(
+    prompt=prompt_strategy, steps=steps_strategy, separator=st.sampled_from(["\n", "\n\n", " ; ", "\nStep: "])
+)
 def test_positions_byte_level_bpe(bpe_regex, bpe_merging, prompt, steps, separator):
     check_positions(bpe_regex, prompt, steps, separator)
     check_positions(bpe_merging, prompt, steps, separator)
@@ -120,7 +139,7 @@ def test_truncation_reports_lost_steps_and_keeps_the_rest(smollm2_tokenizer, pro
     full = encode_steps(smollm2_tokenizer, prompt, steps)
     enc = encode_steps(smollm2_tokenizer, prompt, steps, max_length=cut)
     assert len(enc.input_ids) == min(cut, len(full.input_ids))
-    for j, (p_full, p_cut) in enumerate(zip(full.positions, enc.positions)):
+    for j, (p_full, p_cut) in enumerate(zip(full.positions, enc.positions, strict=False)):
         if p_full < cut:
             assert p_cut == p_full
         else:

@@ -69,8 +69,13 @@ def test_trl_stepwise_round_trip_for_hard_labels(t):
 @given(st.integers(1, 8).flatmap(lambda n: st.tuples(st.just(n), st.integers(-1, n - 1))))
 def test_processbench_round_trip(n_and_label):
     n, label = n_and_label
-    row = {"id": "gsm8k-7", "problem": "p", "steps": [f"s{i}" for i in range(n)], "label": label,
-           "final_answer_correct": label == -1}
+    row = {
+        "id": "gsm8k-7",
+        "problem": "p",
+        "steps": [f"s{i}" for i in range(n)],
+        "label": label,
+        "final_answer_correct": label == -1,
+    }
     t = from_processbench(row)
     assert t.first_error == label
     assert t.labels == [1.0 if label == -1 or i < label else 0.0 for i in range(n)]
@@ -79,7 +84,9 @@ def test_processbench_round_trip(n_and_label):
 
 def test_cost_adds_up():
     total = Cost(1, 8, 100, 1, 0.5) + Cost(2, 16, 50, 0, 1.0)
-    assert total == Cost(rollout_estimates=3, completions=24, generated_tokens=150, verifier_passes=1, seconds=1.5)
+    assert total == Cost(
+        rollout_estimates=3, completions=24, generated_tokens=150, verifier_passes=1, seconds=1.5
+    )
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,9 @@ class PairCollator:
 
     def __init__(self, tokenizer: Any, separator: str = DEFAULT_SEPARATOR, max_length: int = 1024) -> None:
         if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; set one (for example the EOS token) before collating")
+            raise ValueError(
+                "the tokenizer has no pad token; set one (for example the EOS token) before collating"
+            )
         self.tokenizer = tokenizer
         self.separator = separator
         self.max_length = max_length
@@ -69,12 +71,16 @@ class PairCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def __call__(self, pairs: Sequence[PreferencePair]) -> dict[str, torch.Tensor]:
-        batch = {f"chosen_{k}": v for k, v in self.pad([self.encode(p.prompt, p.chosen) for p in pairs]).items()}
+        batch = {
+            f"chosen_{k}": v for k, v in self.pad([self.encode(p.prompt, p.chosen) for p in pairs]).items()
+        }
         has_rejected = [p.rejected is not None for p in pairs]
         if any(has_rejected):
             # Rows without a rejected side repeat their chosen side; ``has_rejected`` keeps them out of the
             # odds-ratio term, so they are trained with the NLL only.
-            rejected = [self.encode(p.prompt, p.rejected if p.rejected is not None else p.chosen) for p in pairs]
+            rejected = [
+                self.encode(p.prompt, p.rejected if p.rejected is not None else p.chosen) for p in pairs
+            ]
             batch.update({f"rejected_{k}": v for k, v in self.pad(rejected).items()})
             batch["has_rejected"] = torch.tensor(has_rejected)
         return batch

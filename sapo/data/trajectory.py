@@ -59,7 +59,9 @@ class Cost:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise TrajectoryFormatError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise TrajectoryFormatError(
+                f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
         for name, value in data.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise TrajectoryFormatError(f"{where}.{name}: expected a non-negative number, got {value!r}")
@@ -125,13 +127,17 @@ class Trajectory:
         """Raise :class:`TrajectoryFormatError` naming ``where`` and the field when a field is malformed."""
         where = where or f"trajectory {self.question_id!r}"
         if not isinstance(self.question_id, str):
-            raise TrajectoryFormatError(f"{where}: field 'question_id' must be a string, got {self.question_id!r}")
+            raise TrajectoryFormatError(
+                f"{where}: field 'question_id' must be a string, got {self.question_id!r}"
+            )
         if not isinstance(self.question, str):
             raise TrajectoryFormatError(f"{where}: field 'question' must be a string")
         if not isinstance(self.steps, list) or not all(isinstance(s, str) for s in self.steps):
             raise TrajectoryFormatError(f"{where}: field 'steps' must be a list of strings")
         if self.outcome is not None and not isinstance(self.outcome, bool):
-            raise TrajectoryFormatError(f"{where}: field 'outcome' must be true, false or null, got {self.outcome!r}")
+            raise TrajectoryFormatError(
+                f"{where}: field 'outcome' must be true, false or null, got {self.outcome!r}"
+            )
         if self.labels is not None:
             if not isinstance(self.labels, list):
                 raise TrajectoryFormatError(f"{where}: field 'labels' must be a list or null")
@@ -140,8 +146,15 @@ class Trajectory:
                     f"{where}: field 'labels' has {len(self.labels)} values for {len(self.steps)} steps"
                 )
             for i, v in enumerate(self.labels):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not 0.0 <= v <= 1.0:
-                    raise TrajectoryFormatError(f"{where}: field 'labels[{i}]' must be a number in [0, 1], got {v!r}")
+                if (
+                    isinstance(v, bool)
+                    or not isinstance(v, (int, float))
+                    or math.isnan(v)
+                    or not 0.0 <= v <= 1.0
+                ):
+                    raise TrajectoryFormatError(
+                        f"{where}: field 'labels[{i}]' must be a number in [0, 1], got {v!r}"
+                    )
             self.labels = [float(v) for v in self.labels]
         if not isinstance(self.cost, Cost):
             raise TrajectoryFormatError(f"{where}: field 'cost' must be a Cost")
@@ -161,7 +174,9 @@ class Trajectory:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise TrajectoryFormatError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise TrajectoryFormatError(
+                f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
         for required in ("question_id", "question", "steps"):
             if required not in data:
                 raise TrajectoryFormatError(f"{where}: missing field '{required}'")
@@ -171,7 +186,11 @@ class Trajectory:
         if kwargs["meta"] is None:
             kwargs["meta"] = {}
         # Validate with ``where`` (file and line) rather than through __post_init__'s generic name.
-        values = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(cls) if f.name not in kwargs}
+        values = {
+            f.name: f.default_factory() if f.default is MISSING else f.default
+            for f in fields(cls)
+            if f.name not in kwargs
+        }
         values.update(kwargs)
         trajectory = object.__new__(cls)
         trajectory.__dict__.update(values)

@@ -11,6 +11,7 @@ from sapo.data.preference import IGNORE_INDEX
 
 __all__ = ["sequence_logprob", "log1mexp", "orpo_loss"]
 
+
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-averaged log-probability of each sequence's labelled tokens.
 
@@ -21,7 +22,9 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     logits = logits[:, :-1].float()
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    token_logp = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    token_logp = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(
+        -1
+    )
     counts = mask.sum(-1)
     summed = (token_logp * mask).sum(-1)
     return summed / counts.clamp(min=1), counts

@@ -8,7 +8,7 @@ final answers, and, where the domain allows, labels steps with an oracle.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,19 @@ class Task(ABC):
 
     def completion_text(self, steps: Sequence[str]) -> str:
         return join_steps(steps, self.separator)
+
+    def completion_end(self, completion: str) -> int | None:
+        """Where a finished completion ends (characters to keep), or ``None`` while it goes on.
+
+        Samplers check it after each generated token that contains a newline, so generation stops right
+        after the answer step; EOS and the token budget always apply. Default: never (EOS only).
+        """
+        return None
+
+    def dedup_key(self, trajectory: Trajectory) -> Hashable:
+        """Samples of one question with equal keys are one solution; default: the steps, lower-cased, with
+        white space collapsed."""
+        return tuple(" ".join(step.lower().split()) for step in trajectory.steps)
 
     @abstractmethod
     def extract_answer(self, completion: str) -> str | None:

@@ -29,6 +29,7 @@ from sapo.data.tasks.base import Question, Task
 from sapo.data.trajectory import Trajectory
 
 __all__ = [
+    "ANSWER_LINE_RE",
     "AnswerExtraction",
     "Equation",
     "GoldComputation",
@@ -55,6 +56,9 @@ __all__ = [
 _NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|-?\.\d+"
 #: what may surround a number that is a whole answer: currency before; units, %, a period after
 _ANSWER_TEXT_RE = re.compile(rf"^\s*[-+]?\s*[$€£¥]?\s*(?P<number>{_NUMBER})\s*%?\s*[^\d]*$")
+
+#: a finished answer line: the answer phrase, a number, and the newline that ends the line
+ANSWER_LINE_RE = re.compile(r"(?:\banswer\s*(?:is|:)|####|\\boxed\{)[^\n]*\d[^\n]*\n", re.IGNORECASE)
 
 
 def parse_number(text: str | None) -> Fraction | None:
@@ -1203,6 +1207,12 @@ class MathTask(Task):
         "Solve the problem step by step. Write one step per line, each with its equation, "
         "and end with 'The answer is N'.\n\n"
     )
+
+    def completion_end(self, completion: str) -> int | None:
+        """A math completion is finished after its first complete answer line ("The answer is N", "#### N",
+        ``\\boxed{N}``, followed by a newline)."""
+        match = ANSWER_LINE_RE.search(completion)
+        return match.end() if match else None
 
     def __init__(
         self, num_fewshot: int = 0, separator: str = DEFAULT_SEPARATOR, use_chat_template: bool = True

@@ -1,0 +1,40 @@
+"""Generation: batched, seeded, costed sampling of trajectories and of continuations from step prefixes."""
+
+from sapo.rollout.generate import (
+    Generation,
+    SamplingCost,
+    StopRule,
+    as_stop_rule,
+    derive_seed,
+    generate_batched,
+)
+from sapo.rollout.sampler import (
+    ANSWER_LINE_STOP,
+    FROM_TASK,
+    GenerationBackend,
+    Sampler,
+    TaskRolloutSampler,
+    TransformersBackend,
+    deduplicate,
+    task_stop_rule,
+)
+from sapo.rollout.vllm_backend import VLLMBackend, vllm_available
+
+__all__ = [
+    "ANSWER_LINE_STOP",
+    "FROM_TASK",
+    "Generation",
+    "GenerationBackend",
+    "SamplingCost",
+    "Sampler",
+    "StopRule",
+    "TaskRolloutSampler",
+    "TransformersBackend",
+    "VLLMBackend",
+    "as_stop_rule",
+    "deduplicate",
+    "derive_seed",
+    "generate_batched",
+    "task_stop_rule",
+    "vllm_available",
+]

@@ -1,0 +1,395 @@
+"""Batched generation with transformers ``generate``: the primitive every sampler in sapo builds on.
+
+:func:`generate_batched` completes a list of prompts: it tokenises each distinct prompt once, sorts the rows
+by prompt length so that a batch pads little, left-pads them (a decoder-only model continues from the right
+edge) and makes **one** ``model.generate`` call per batch. A row ends at EOS, at ``max_new_tokens``, or, when
+a :class:`StopRule` is given, as soon as its text is finished (for math: once the answer line and its
+newline are written), so the model never spends tokens after the answer. What each call cost (completions,
+generated tokens, prompt and padding tokens, idle rows, seconds) is added to a :class:`SamplingCost`.
+
+Sampling is seeded without touching the global random state: each batch runs inside
+:func:`torch.random.fork_rng` with its own seed derived from the call's seed and the batch's index, so the
+same prompts, settings, batch size and seed give the same samples, and the caller's random stream is the same
+afterwards. Greedy results do not depend on how rows are batched.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from sapo.data.trajectory import Cost
+
+__all__ = [
+    "Generation",
+    "SamplingCost",
+    "StopRule",
+    "as_stop_rule",
+    "derive_seed",
+    "finish_generation",
+    "first_stop_point",
+    "generate_batched",
+    "progress_rate",
+]
+
+
+@dataclass
+class Generation:
+    """One completion.
+
+    Attributes:
+        text: the generated text, special tokens removed, cut where the stop rule says it ends.
+        num_tokens: tokens generated for it, up to and including the one that ended it (the stop point or
+            EOS): the work the model really did for this row.
+        finish_reason: ``"stop"`` (the stop rule), ``"eos"`` or ``"length"`` (``max_new_tokens`` reached).
+    """
+
+    text: str
+    num_tokens: int
+    finish_reason: str = "length"
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Where a completion is finished, beyond EOS and the token budget (which always apply).
+
+    Args:
+        end: ``end(text)`` gives the length of ``text`` to keep once the completion is finished (just after
+            its answer line, say), or ``None`` while it goes on.
+        trigger: ``end`` is only called after a token whose text contains ``trigger``, so most decoding
+            steps cost no check at all. A rule whose end can be completed by a token without it must use
+            ``None`` (checked after every token). The default suits rules that end at a newline.
+    """
+
+    end: Callable[[str], int | None]
+    trigger: str | None = "\n"
+
+    @classmethod
+    def regex(cls, pattern: str | re.Pattern[str], trigger: str | None = "\n") -> StopRule:
+        """A rule that ends a completion just after the first match of ``pattern``."""
+        compiled = re.compile(pattern)
+
+        def end(text: str) -> int | None:
+            match = compiled.search(text)
+            return None if match is None else match.end()
+
+        return cls(end, trigger)
+
+
+def as_stop_rule(
+    stop: StopRule | str | re.Pattern[str] | Callable[[str], int | None] | None,
+) -> StopRule | None:
+    """Accept a :class:`StopRule`, a regular expression (ends after its first match), a callable ``end``
+    (checked after every token, since nothing says which tokens can complete it), or ``None`` (no rule)."""
+    if stop is None or isinstance(stop, StopRule):
+        return stop
+    if isinstance(stop, (str, re.Pattern)):
+        return StopRule.regex(stop)
+    if callable(stop):
+        return StopRule(stop, trigger=None)
+    raise TypeError(
+        f"stop must be a StopRule, a regular expression, a callable or None, got {type(stop).__name__}"
+    )
+
+
+@dataclass
+class SamplingCost:
+    """What sampling cost, summed over calls (``a + b``; ``a - b`` gives the cost between two readings).
+
+    Attributes:
+        calls: sampling calls (one list of prompts each).
+        batches: ``generate`` calls (model batches).
+        completions: sequences generated.
+        generated_tokens: tokens generated, each row counted up to and including its stop point or EOS.
+        prompt_tokens: prompt tokens the model read (prefill), padding excluded.
+        padding_tokens: left-padding tokens prefilled to make a batch rectangular.
+        idle_row_steps: decoding steps spent on rows that had already finished while their batch went on.
+        stop_check_seconds: time spent deciding whether rows are finished (decoding text, the stop rule).
+        seconds: wall time of the calls.
+    """
+
+    calls: int = 0
+    batches: int = 0
+    completions: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    padding_tokens: int = 0
+    idle_row_steps: int = 0
+    stop_check_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def __add__(self, other: SamplingCost) -> SamplingCost:
+        return SamplingCost(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def __sub__(self, other: SamplingCost) -> SamplingCost:
+        return SamplingCost(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+    def add(self, other: SamplingCost) -> None:
+        """Add ``other`` in place (a running total)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def sequences_per_second(self) -> float:
+        return self.completions / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def padding_share(self) -> float:
+        """The share of prefilled tokens that were padding."""
+        total = self.prompt_tokens + self.padding_tokens
+        return self.padding_tokens / total if total else 0.0
+
+    @property
+    def idle_share(self) -> float:
+        """The share of decoded row-steps spent on rows that had already finished."""
+        total = self.generated_tokens + self.idle_row_steps
+        return self.idle_row_steps / total if total else 0.0
+
+    def as_cost(self) -> Cost:
+        """The labelling :class:`~sapo.data.trajectory.Cost` of these completions (no estimates, no verifier)."""
+        return Cost(
+            completions=self.completions, generated_tokens=self.generated_tokens, seconds=self.seconds
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def derive_seed(seed: int, *path: int | str) -> int:
+    """A 63-bit seed for the stream named by ``path`` under ``seed`` (the same on every run and machine)."""
+    return random.Random(repr((seed, *path))).getrandbits(63)
+
+
+def progress_rate(cost: SamplingCost) -> str:
+    """The progress bar's postfix: sequences and generated tokens per second so far."""
+    return f"{cost.sequences_per_second:.1f} seq/s, {cost.tokens_per_second:.0f} tok/s"
+
+
+@torch.no_grad()
+def generate_batched(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: StopRule | str | Callable[[str], int | None] | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+    description: str = "generating",
+    cost: SamplingCost | None = None,
+) -> list[Generation]:
+    """Complete every prompt (in input order); greedy when ``temperature == 0``, else sampled with
+    ``temperature`` and nucleus ``top_p`` (no top-k cut).
+
+    Args:
+        prompts: full prompt texts (chat template and all); a prompt may appear several times, for several
+            samples. They are tokenised without adding special tokens (templates carry their own).
+        batch_size: rows per ``generate`` call.
+        stop: where a row is finished (see :class:`StopRule` and :func:`as_stop_rule`); EOS and
+            ``max_new_tokens`` always apply.
+        seed: seeds batch ``b`` with ``derive_seed(seed, b)`` inside a forked random state; ``None`` uses
+            (and advances) the global torch random state.
+        progress: show a progress bar with sequences/s and tokens/s.
+        cost: when given, this call's cost is added to it.
+    """
+    call_cost = SamplingCost(calls=1)
+    started = time.perf_counter()
+    if not prompts:
+        _add_cost(cost, call_cost, started)
+        return []
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
+    rule = as_stop_rule(stop)
+    token_ids = _tokenise_once(tokenizer, prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    end_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        if temperature > 0
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
+    device = model.device
+    results: list[Generation | None] = [None] * len(prompts)
+    triggers: dict[int, bool] = {}  # token id -> its text contains the rule's trigger (shared by the batches)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(prompts), desc=description, unit="seq", disable=not progress)
+    try:
+        for batch_index, start in enumerate(range(0, len(order), batch_size)):
+            rows = order[start : start + batch_size]
+            input_ids, attention_mask = _left_pad([token_ids[i] for i in rows], pad_id, device)
+            width = input_ids.shape[1]
+            watcher = _StopWatcher(tokenizer, rule, width, end_ids, triggers) if rule is not None else None
+            with _seeded(seed, batch_index, device):
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    stopping_criteria=StoppingCriteriaList([watcher]) if watcher is not None else None,
+                    **sampling,
+                )
+            new_tokens = out[:, width:].tolist()
+            steps = len(new_tokens[0])
+            for r, i in enumerate(rows):
+                stop_at = watcher.stopped_at[r] if watcher is not None else None
+                results[i] = finish_generation(tokenizer, new_tokens[r], end_ids, rule, stopped_at=stop_at)
+                call_cost.prompt_tokens += len(token_ids[i])
+                call_cost.padding_tokens += width - len(token_ids[i])
+                call_cost.generated_tokens += results[i].num_tokens  # type: ignore[union-attr]
+                call_cost.idle_row_steps += steps - results[i].num_tokens  # type: ignore[union-attr]
+            call_cost.batches += 1
+            call_cost.completions += len(rows)
+            call_cost.stop_check_seconds += watcher.seconds if watcher is not None else 0.0
+            call_cost.seconds = time.perf_counter() - started
+            bar.update(len(rows))
+            bar.set_postfix_str(progress_rate(call_cost), refresh=False)
+    finally:
+        bar.close()
+        model.train(was_training)
+    _add_cost(cost, call_cost, started)
+    return results  # type: ignore[return-value]
+
+
+def _add_cost(total: SamplingCost | None, call_cost: SamplingCost, started: float) -> None:
+    call_cost.seconds = time.perf_counter() - started
+    if total is not None:
+        total.add(call_cost)
+
+
+def _tokenise_once(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of every prompt; each distinct prompt is tokenised once (samples repeat prompts)."""
+    distinct = list(dict.fromkeys(prompts))
+    encoded = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    by_prompt = dict(zip(distinct, encoded, strict=True))
+    return [by_prompt[p] for p in prompts]
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long, device=device)
+    mask = torch.tensor(
+        [[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device
+    )
+    return ids, mask
+
+
+@contextmanager
+def _seeded(seed: int | None, batch_index: int, device: Any) -> Iterator[None]:
+    """Run one batch on its own seeded random stream, leaving the caller's random state as it was."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if getattr(device, "type", str(device)) == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derive_seed(seed, batch_index))
+        yield
+
+
+class _StopWatcher(StoppingCriteria):
+    """Ends each row of one batch as soon as the stop rule finds its text finished, and remembers where.
+
+    ``stopped_at[r]`` is the number of tokens row ``r`` had generated when the rule ended it (``None``: it
+    did not). Only rows whose newest token carries the rule's trigger are decoded and checked.
+    """
+
+    def __init__(
+        self, tokenizer: Any, rule: StopRule, prompt_width: int, end_ids: set[int], triggers: dict[int, bool]
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.rule = rule
+        self.prompt_width = prompt_width
+        self.end_ids = end_ids
+        self.triggers = triggers
+        self.stopped_at: list[int | None] = []
+        self.ended: list[bool] = []
+        self.seconds = 0.0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        started = time.perf_counter()
+        if not self.ended:
+            self.ended = [False] * input_ids.shape[0]
+            self.stopped_at = [None] * input_ids.shape[0]
+        generated = input_ids.shape[1] - self.prompt_width
+        for r, token in enumerate(input_ids[:, -1].tolist()):
+            if self.ended[r]:
+                continue
+            if token in self.end_ids:  # generate ends this row itself; nothing left to check
+                self.ended[r] = True
+                continue
+            if self.rule.trigger is not None and not self._has_trigger(token):
+                continue
+            text = self.tokenizer.decode(input_ids[r, self.prompt_width :].tolist(), skip_special_tokens=True)
+            if self.rule.end(text) is not None:
+                self.ended[r] = True
+                self.stopped_at[r] = generated
+        done = [s is not None for s in self.stopped_at]
+        self.seconds += time.perf_counter() - started
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _has_trigger(self, token: int) -> bool:
+        known = self.triggers.get(token)
+        if known is None:
+            known = self.triggers[token] = self.rule.trigger in self.tokenizer.decode([token])  # type: ignore[operator]
+        return known
+
+
+def finish_generation(
+    tokenizer: Any,
+    tokens: list[int],
+    end_ids: set[int],
+    rule: StopRule | None,
+    stopped_at: int | None = None,
+) -> Generation:
+    """Turn one row of generated token ids into a :class:`Generation`: cut it at its stop point or first
+    EOS/pad, decode it, and cut the text where the rule says it ends.
+
+    ``stopped_at`` is how many tokens the row had when the rule ended it (``None``: the rule did not end
+    it); a backend that cannot stop on a rule while generating finds it with :func:`first_stop_point`.
+    """
+    first_end = next((k + 1 for k, token in enumerate(tokens) if token in end_ids), None)
+    if stopped_at is not None and (first_end is None or stopped_at < first_end):
+        count, reason = stopped_at, "stop"
+    elif first_end is not None:
+        count, reason = first_end, "eos"
+    else:
+        count, reason = len(tokens), "length"
+    text = tokenizer.decode(tokens[:count], skip_special_tokens=True)
+    if rule is not None:
+        end = rule.end(text)
+        if end is not None:
+            text, reason = text[:end], "stop"
+    return Generation(text, count, reason)
+
+
+def first_stop_point(
+    tokenizer: Any, tokens: list[int], end_ids: set[int], rule: StopRule | None
+) -> int | None:
+    """How many of ``tokens`` the rule would have let the model generate (``None``: it never ends them)."""
+    if rule is None:
+        return None
+    for k, token in enumerate(tokens):
+        if token in end_ids:
+            return None
+        if rule.trigger is not None and rule.trigger not in tokenizer.decode([token]):
+            continue
+        if rule.end(tokenizer.decode(tokens[: k + 1], skip_special_tokens=True)) is not None:
+            return k + 1
+    return None
