@@ -6,7 +6,7 @@ reference that the oracle does not call all-correct is a failure; failures are g
 first wrong step breaks, with examples.
 
     python benchmarks/gsm8k_oracle.py                          # the training file
-    python benchmarks/gsm8k_oracle.py --data /work/shared/data/gsm8k/test.jsonl --examples 5
+    python benchmarks/gsm8k_oracle.py --data ../shared/data/gsm8k/test.jsonl --examples 5
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from sapo.data.tasks.gsm8k import GSM8KTask
 
-DEFAULT_DATA = "/work/shared/data/gsm8k/train.jsonl"
+#: the shared data beside the checkout (developers and CI have it)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+DEFAULT_DATA = str(SHARED_DATA / "gsm8k" / "train.jsonl")
 
 #: failure kinds, by the first words of the oracle's reason
 KINDS = {

@@ -6,7 +6,7 @@ sandbox's reason), and reports throughput in programs per second with the worker
 layer and the machine's load (the figures are only comparable at similar load). A second, smaller run of
 trivial programs measures the floor: the cost of one sandboxed interpreter start.
 
-    python benchmarks/sandbox.py --source /work/shared/data/mbpp/mbpp.jsonl --workers 2
+    python benchmarks/sandbox.py --source ../shared/data/mbpp/mbpp.jsonl --workers 2
 """
 
 from __future__ import annotations
@@ -19,15 +19,21 @@ import statistics
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from sapo.data.sandbox import Sandbox, SandboxResult
 from sapo.data.tasks.base import Question
 from sapo.data.tasks.mbpp import MBPP_SPLITS, MBPPTask
 
+#: the shared data beside the checkout (developers and CI have it)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", default="/work/shared/data/mbpp/mbpp.jsonl", help="MBPP file or hub id")
+    parser.add_argument(
+        "--source", default=str(SHARED_DATA / "mbpp" / "mbpp.jsonl"), help="MBPP file or hub id"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="programs run at once")
     parser.add_argument("--isolation", default="auto", help="auto, bwrap, landlock or none")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program")

@@ -6,12 +6,18 @@ only when a test asks for it (about 20 s).
 """
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: hub lookups fail fast
 
 import pytest
 
 from sapo.models import PACKAGED_SMOLLM2, TINY_RANDOM, BackboneSpec, LoadedBackbone, load_tokenizer
+
+#: the shared data files (GSM8K, MBPP, HumanEval) beside the checkout, as developers and CI have them
+SHARED_DATA = Path(
+    os.environ.get("SAPO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 @pytest.fixture(scope="session")

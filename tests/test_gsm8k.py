@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from sapo.data.tasks.gsm8k import GSM8KTask, gold_solution, gsm8k_gold_equations
 from sapo.data.tasks.loading import InvalidRowError
 from sapo.data.tasks.math_oracle import answers_equal, extract_answers, extract_final_answer, parse_number
 
-DATA = Path("/work/shared/data/gsm8k")
+DATA = SHARED_DATA / "gsm8k"
 needs_data = pytest.mark.skipif(not (DATA / "train.jsonl").is_file(), reason="GSM8K files not present")
 
 NATALIA = {

@@ -7,14 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from sapo.data.tasks.humaneval import HumanEvalTask, humaneval_program
 from sapo.data.tasks.loading import InvalidRowError
 from sapo.data.tasks.mbpp import MBPP_SPLITS, MBPPTask, extract_code
 from sapo.data.trajectory import Trajectory
 
-MBPP_FILE = "/work/shared/data/mbpp/mbpp.jsonl"
-HUMANEVAL_FILE = "/work/shared/data/humaneval/HumanEval.jsonl.gz"
+MBPP_FILE = str(SHARED_DATA / "mbpp" / "mbpp.jsonl")
+HUMANEVAL_FILE = str(SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz")
 pytestmark = pytest.mark.skipif(not Path(MBPP_FILE).is_file(), reason="the MBPP data file is not here")
 
 
