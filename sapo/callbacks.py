@@ -40,17 +40,19 @@ class HeldOutAccuracy(L.Callback):
     def measure(self, trainer: L.Trainer, module: L.LightningModule, tag: str) -> float:
         questions = self.task.load()[: self.max_questions]
         prompts = [self.task.prompt(q, module.tokenizer) for q in questions]
-        generations = generate_batched(
-            module.model,
-            module.tokenizer,
-            prompts,
-            max_new_tokens=self.max_new_tokens,
-            batch_size=self.batch_size,
-            stop=task_stop_rule(self.task),
-            progress=True,
-            description=f"held-out accuracy ({tag})",
-        )
-        trajectories = [self.task.trajectory(q, g.text) for q, g in zip(questions, generations, strict=False)]
+        # The trainer's precision context: under bf16-mixed, sampling runs in bf16 autocast too.
+        with trainer.precision_plugin.forward_context():
+            generations = generate_batched(
+                module.model,
+                module.tokenizer,
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+                stop=task_stop_rule(self.task),
+                progress=True,
+                description=f"held-out accuracy ({tag})",
+            )
+        trajectories = [self.task.trajectory(q, g.text) for q, g in zip(questions, generations, strict=True)]
         accuracy = sum(bool(t.outcome) for t in trajectories) / max(1, len(trajectories))
         self.history.append((trainer.global_step, accuracy))
         if trainer.log_dir is not None:
