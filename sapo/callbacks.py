@@ -52,7 +52,11 @@ class HeldOutAccuracy(L.Callback):
                 progress=True,
                 description=f"held-out accuracy ({tag})",
             )
-        trajectories = [self.task.trajectory(q, g.text) for q, g in zip(questions, generations, strict=True)]
+        trajectories = [
+            self.task.new_trajectory(q, g.text, generated_tokens=g.num_tokens)
+            for q, g in zip(questions, generations, strict=True)
+        ]
+        self.task.check(trajectories, {q.id: q for q in questions})  # one batch: programs run in parallel
         accuracy = sum(bool(t.outcome) for t in trajectories) / max(1, len(trajectories))
         self.history.append((trainer.global_step, accuracy))
         if trainer.log_dir is not None:

@@ -281,12 +281,8 @@ class TaskRolloutSampler:
             prompts, num_samples, stop=self.stop, description="sampling trajectories"
         )
         sampled = [
-            Trajectory(
-                question_id=q.id,
-                question=q.question,
-                steps=self.task.split_steps(g.text),
-                gold_answer=q.answer,
-                meta={"generated_tokens": g.num_tokens, "finish_reason": g.finish_reason, "sample_index": j},
+            self.task.new_trajectory(
+                q, g.text, generated_tokens=g.num_tokens, finish_reason=g.finish_reason, sample_index=j
             )
             for q, samples in zip(questions, generations, strict=True)
             for j, g in enumerate(samples)

@@ -108,19 +108,19 @@ class Task(ABC):
     def is_correct(self, answer: str | None, question: Question) -> bool:
         """Whether an extracted answer (or program) solves ``question``."""
 
-    def trajectory(self, question: Question, completion: str, **meta: Any) -> Trajectory:
-        """A checked trajectory from a raw completion."""
-        steps = self.split_steps(completion)
-        answer = self.extract_answer(completion)
+    def new_trajectory(self, question: Question, completion: str, **meta: Any) -> Trajectory:
+        """An unchecked trajectory from a raw completion (steps only; :meth:`check` fills the outcome)."""
         return Trajectory(
             question_id=question.id,
             question=question.question,
-            steps=steps,
-            final_answer=answer,
-            outcome=self.is_correct(answer, question),
+            steps=self.split_steps(completion),
             gold_answer=question.answer,
             meta=dict(meta),
         )
+
+    def trajectory(self, question: Question, completion: str, **meta: Any) -> Trajectory:
+        """A checked trajectory from a raw completion (many at once: :meth:`new_trajectory` then :meth:`check`)."""
+        return self.check([self.new_trajectory(question, completion, **meta)], {question.id: question})[0]
 
     def check(self, trajectories: Sequence[Trajectory], questions: dict[str, Question]) -> list[Trajectory]:
         """Fill ``final_answer`` and ``outcome`` of each trajectory (in place; also returned).

@@ -189,7 +189,7 @@ class MBPPTask(CodeTask):
         source: a hub dataset id (``google-research-datasets/mbpp``), a folder laid out like it, or a file.
         split: ``train`` (task ids 601-974), ``validation`` (511-600), ``test`` (11-510) or ``prompt``
             (1-10, the few-shot examples).
-        name: the hub configuration (``full``; ``sanitized`` has other fields and is not supported).
+        config_name: the hub configuration (``full``; ``sanitized`` has other fields and is not supported).
         start, stop: a Python slice of the split's questions (in task-id order).
         use_challenge_tests: also run the row's ``challenge_test_list`` (extra asserts, for 11 rows).
         skip_invalid: skip rows without tests (or otherwise malformed), counting them in :attr:`skipped`,
@@ -209,7 +209,7 @@ class MBPPTask(CodeTask):
         self,
         source: str = "google-research-datasets/mbpp",
         split: str = "train",
-        name: str | None = "full",
+        config_name: str | None = "full",
         start: int | None = None,
         stop: int | None = None,
         use_challenge_tests: bool = False,
@@ -231,7 +231,7 @@ class MBPPTask(CodeTask):
             raise ValueError(f"MBPP split must be one of {sorted(MBPP_SPLITS)}, got {split!r}")
         self.source = os.fspath(source)
         self.split = split
-        self.config_name = name
+        self.config_name = config_name
         self.start = start
         self.stop = stop
         self.use_challenge_tests = use_challenge_tests
