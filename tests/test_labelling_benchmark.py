@@ -13,7 +13,15 @@ import pytest
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.data.trajectory import Cost, Trajectory
-from sapo.supervision import LabelResult, MonteCarloSupervision, OutcomeSupervision, Rollout
+from sapo.supervision import (
+    FirstErrorSupervision,
+    LabelResult,
+    MonteCarloSupervision,
+    OracleScorer,
+    OutcomeSupervision,
+    Prefix,
+    Rollout,
+)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "labelling.py"
 
@@ -89,8 +97,8 @@ def test_evaluate_divides_cost_by_what_was_labelled_and_scores_against_the_oracl
     assert row.run == "first_error σ=0"
     assert (row.trajectories, row.wrong_answers, row.labelled, row.labelled_wrong) == (4, 3, 3, 2)
     assert (row.expanded, row.dropped) == (2, 1)
-    # per labelled trajectory: the whole call's cost over the 3 labelled ones
-    assert row.per_labelled == {"completions": 16.0, "generated_tokens": 400.0, "seconds": 3.0}
+    # per labelled trajectory: what every input cost (the dropped one too) over the 3 labelled ones
+    assert row.per_labelled == {"completions": 16.0, "generated_tokens": 400.0, "seconds": 2.0}
     # per labelled wrong answer: what the 3 wrong answers cost (the dropped one too) over the 2 labelled
     assert row.per_labelled_wrong == {"completions": 24.0, "generated_tokens": 600.0, "seconds": 3.0}
     assert (row.first_error_accuracy.hits, row.first_error_accuracy.total) == (1, 2)
@@ -103,6 +111,11 @@ def test_evaluate_divides_cost_by_what_was_labelled_and_scores_against_the_oracl
     assert (row.detection_accuracy.hits, row.detection_accuracy.total) == (2, 3)
     assert row.verdicts == {"confirmed": 2, "later": 0, "earlier": 0, "inconsistent": 1}
     assert json.loads(json.dumps(row.to_dict()))["first_error_accuracy"]["value"] == 0.5
+    # seconds charged by trajectory (a RolloutMemory's) replace the library's
+    charged = bench.evaluate(
+        run, result, truth, seconds=lambda t: {"w1": 1.0, "w3": 2.0}.get(t.meta["name"], 0.0)
+    )
+    assert charged.per_labelled["seconds"] == 1.0 and charged.per_labelled_wrong["seconds"] == 1.5
 
 
 class OracleSampler:
@@ -121,21 +134,28 @@ class OracleSampler:
         return out
 
 
-def test_monte_carlo_with_an_oracle_sampler_scores_perfectly_and_outcome_does_not(bench):
-    task = ArithmeticTask(num_questions=3, seed=1, min_steps=4, max_steps=4)
+def broken_arithmetic(steps_broken=(0, 2, 3)):
+    """Wrong-answer trajectories broken at known steps, a correct one, their task and questions."""
+    task = ArithmeticTask(num_questions=len(steps_broken), seed=1, min_steps=4, max_steps=4)
     questions = task.load()
     wrong = []
-    for q, step in zip(questions, (0, 2, 3), strict=True):  # the gold solution broken at a known step
+    for q, step in zip(questions, steps_broken, strict=True):
         steps = task.split_steps(q.solution)
         steps[step] = re.sub(r"\d+", lambda m: str(int(m.group()) + 1), steps[step], count=1)
         steps[-1] = f"The answer is {int(q.answer) + 1}."
         wrong.append(task.trajectory(q, task.completion_text(steps)))
-    trajectories = [*wrong, task.gold_trajectory(questions[0])]
+    return task, questions, [*wrong, task.gold_trajectory(questions[0])]
+
+
+def test_monte_carlo_with_an_oracle_sampler_scores_perfectly_and_outcome_does_not(bench):
+    task, questions, trajectories = broken_arithmetic()
     truth = bench.OracleTruth(task, questions)
     assert [bench.first_error(truth(t)) for t in trajectories] == [0, 2, 3, -1]
     sampler = OracleSampler(task, questions)
 
-    mc = bench.evaluate(bench.Run("monte_carlo"), MonteCarloSupervision(k=4).label(trajectories, sampler), truth)
+    mc = bench.evaluate(
+        bench.Run("monte_carlo"), MonteCarloSupervision(k=4).label(trajectories, sampler), truth
+    )
     assert str(mc.first_error_accuracy) == "1.000 (3/3)"
     assert mc.steps_all.f1 == 1.0
     # 5 steps each (4 equations and the answer): 4 estimates of 4 rollouts of 5 tokens per wrong answer
@@ -147,6 +167,53 @@ def test_monte_carlo_with_an_oracle_sampler_scores_perfectly_and_outcome_does_no
     assert outcome.per_labelled_wrong["generated_tokens"] == 0
 
 
+class CountingSampler(OracleSampler):
+    """The oracle sampler, recording each call as (prefixes, k, early_stop)."""
+
+    def __init__(self, task, questions):
+        super().__init__(task, questions)
+        self.calls = []
+
+    def rollouts(self, prefixes, k, early_stop=False):
+        self.calls.append((len(prefixes), k, early_stop))
+        return super().rollouts(prefixes, k, early_stop)
+
+
+def test_early_stop_cut_returns_whole_rounds_up_to_the_first_correct_rollout(bench):
+    assert bench.early_stop_cut([False, False, True, False, True, False, False, False], 2) == 4
+    assert bench.early_stop_cut([True] + [False] * 7, 2) == 2
+    assert bench.early_stop_cut([False] * 8, 2) == 8
+    assert bench.early_stop_cut([False] * 6 + [False, True], 3) == 8  # the last round is cut short at k
+    assert bench.early_stop_cut([False, True, False], 1) == 2
+
+
+def test_rollout_memory_samples_each_prefix_once_and_replays_it_to_every_run(bench):
+    task, questions, trajectories = broken_arithmetic()
+    inner = CountingSampler(task, questions)
+    memory = bench.RolloutMemory(inner, chunk=2)
+    first = MonteCarloSupervision(k=4).label(trajectories, memory)
+    assert inner.calls == [(12, 4, False)]  # 4 prefixes of each of the 3 wrong answers, in one call
+    charges = memory.take_charges()
+    assert set(charges) == {bench.trajectory_key(t) for t in trajectories[:3]} and memory.charges == {}
+
+    again = FirstErrorSupervision(k=4).label(trajectories, memory, OracleScorer(task, questions))
+    assert len(inner.calls) == 1  # first error's prefixes (t̂ and t̂ + 1 <= n - 1 here) were all sampled
+    assert [t.labels for t in again.labelled] == [t.labels for t in first.labelled]
+
+    early = MonteCarloSupervision(k=4, early_stop=True).label(trajectories, memory)
+    assert len(inner.calls) == 1  # early stop replays too: same labels, fewer completions
+    assert [t.labels for t in early.labelled] == [t.labels for t in first.labelled]
+    assert early.cost.completions < first.cost.completions
+    # a correct prefix stops after its first round of 2 (the oracle sampler's rollouts all agree)
+    broken_at_3 = next(t for t in early.labelled if t.labels == [1.0, 1.0, 1.0, 0.0, 0.0])
+    assert broken_at_3.cost.completions == 2 + 2 + 2 + 4
+
+    prefix = Prefix(trajectories[1], 2)
+    assert memory.rollouts([prefix], 4) == [memory.rollouts_of[bench.RolloutMemory.key(prefix, 4)]]
+    memory.rollouts([prefix], 3)  # another k is another sample
+    assert inner.calls[-1] == (1, 3, False)
+
+
 def test_planned_runs_cover_both_early_stop_settings_and_the_noise_sweep(bench):
     runs = bench.planned_runs(["outcome", "monte_carlo", "first_error"], [False, True], 0.0)
     assert [r.label for r in runs] == [
@@ -156,7 +223,8 @@ def test_planned_runs_cover_both_early_stop_settings_and_the_noise_sweep(bench):
         "first_error σ=0",
         "first_error σ=0 +es",
     ]
-    assert [r.label for r in bench.sweep_runs([0.0, 0.1, 0.5], runs)] == ["first_error σ=0.1", "first_error σ=0.5"]
+    sweep = bench.sweep_runs([0.0, 0.1, 0.1, 0.5], runs)
+    assert [r.label for r in sweep] == ["first_error σ=0.1", "first_error σ=0.5"]
 
 
 # --------------------------------------------------------------------------------------------- end to end
@@ -188,8 +256,7 @@ def test_main_runs_end_to_end_with_the_tiny_model(bench, tmp_path, sapo_cache_di
     figures = json.loads(out.with_suffix(".json").read_text())
     for report, saved in zip(reports, figures["tasks"], strict=True):
         assert [r.run for r in report.runs] == EXPECTED_RUNS
-        expected_sweep = ["first_error σ=0.3"] if report.task == "arithmetic" else []
-        assert [r.run for r in report.sweep] == expected_sweep
+        assert [r.run for r in report.sweep] == ["first_error σ=0.3"]
         assert [r["run"] for r in saved["runs"]] == EXPECTED_RUNS
         assert report.trajectories > 0
         for row in report.runs + report.sweep:
@@ -199,6 +266,11 @@ def test_main_runs_end_to_end_with_the_tiny_model(bench, tmp_path, sapo_cache_di
             )
             assert row.first_error_accuracy.total == row.labelled_wrong
         assert report.find("outcome").cost["completions"] == 0
+        for name in ("monte_carlo", "binary_search"):  # shared rollouts: early stop changes cost, not labels
+            plain, early = report.find(name), report.find(f"{name} +es")
+            assert plain.first_error_accuracy == early.first_error_accuracy
+            assert plain.steps_all == early.steps_all
+            assert early.cost["completions"] <= plain.cost["completions"]
         assert f"## {report.task} (" in text
     for label in EXPECTED_RUNS:
         assert re.search(rf"^\| {re.escape(label)} \| \d+ \(\d+\) \|", text, re.MULTILINE), label
@@ -206,6 +278,16 @@ def test_main_runs_end_to_end_with_the_tiny_model(bench, tmp_path, sapo_cache_di
     for suffix in ("_cost.png", "_noise.png"):
         png = out.with_name(out.stem + suffix)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fresh_rollouts_give_every_run_its_own_sampler(bench, tmp_path, sapo_cache_dir):
+    out = tmp_path / "fresh.md"
+    argv = ["--quick", "--model", "tiny-random", "--dtype", "float32", "--cache-dir", sapo_cache_dir]
+    argv += ["--out", str(out), "--no-progress", "--tasks", "arithmetic", "--fresh-rollouts"]
+    (report,) = bench.main([*argv, "--strategies", "monte_carlo", "first_error", "--early-stop", "off"])
+    assert [r.run for r in report.runs] == ["monte_carlo", "first_error σ=0"]
+    assert [r.run for r in report.sweep] == ["first_error σ=0.3"]
+    assert "tokens per labelled wrong-answer trajectory, k=2" in out.read_text()
 
 
 def test_the_short_sft_is_saved_once_and_reused(bench, sapo_cache_dir):
