@@ -19,14 +19,17 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     logits at position ``t`` predict the label at ``t + 1``. Returns ``(mean log-prob [B], token count [B])``;
     a sequence with no labelled token gets log-prob 0 and count 0.
     """
-    logits = logits[:, :-1].float()
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    token_logp = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(
-        -1
-    )
+    # Only labelled positions go through the (vocabulary-wide) log-softmax: prompts and padding are most of
+    # a batch, and the float32 copy of every position's logits is the largest tensor of a training step.
+    rows = mask.nonzero(as_tuple=True)[0]
+    selected = logits[:, :-1][mask].float()
+    token_logp = selected.log_softmax(-1).gather(1, targets[mask].unsqueeze(1)).squeeze(1)
     counts = mask.sum(-1)
-    summed = (token_logp * mask).sum(-1)
+    summed = torch.zeros(labels.shape[0], dtype=token_logp.dtype, device=token_logp.device).index_add(
+        0, rows, token_logp
+    )
     return summed / counts.clamp(min=1), counts
 
 
