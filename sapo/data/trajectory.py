@@ -33,8 +33,15 @@ class TrajectoryFormatError(ValueError):
     """A trajectory record (in memory or in a file) is malformed; the message names the place."""
 
 
+class FieldwiseSum:
+    """Mixin for dataclass records of counters: ``a + b`` adds them field by field."""
+
+    def __add__(self, other):
+        return type(self)(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+
 @dataclass
-class Cost:
+class Cost(FieldwiseSum):
     """What labelling cost: rollout estimates, sampled completions, generated tokens, verifier passes, time.
 
     Costs add up (``a + b``), so a strategy can charge each trajectory and report a total.
@@ -45,9 +52,6 @@ class Cost:
     generated_tokens: int = 0
     verifier_passes: int = 0
     seconds: float = 0.0
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from sapo.data.trajectory import Cost
+from sapo.data.trajectory import Cost, FieldwiseSum
 
 __all__ = [
     "Generation",
@@ -102,7 +102,7 @@ def as_stop_rule(
 
 
 @dataclass
-class SamplingCost:
+class SamplingCost(FieldwiseSum):
     """What sampling cost, summed over calls (``a + b``; ``a - b`` gives the cost between two readings).
 
     Attributes:
@@ -126,9 +126,6 @@ class SamplingCost:
     idle_row_steps: int = 0
     stop_check_seconds: float = 0.0
     seconds: float = 0.0
-
-    def __add__(self, other: SamplingCost) -> SamplingCost:
-        return SamplingCost(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
     def __sub__(self, other: SamplingCost) -> SamplingCost:
         return SamplingCost(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
