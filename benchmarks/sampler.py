@@ -12,7 +12,8 @@ Two ways to run each, on the same rows with the same settings (temperature, top_
 - **plain generate**: ``model.generate`` over the prompts in their given order, ``num_return_sequences``
   rows per prompt, left padding, EOS and the token budget the only stops;
 - **sampler**: :class:`sapo.rollout.TaskRolloutSampler` (rows sorted by length, one ``generate`` call per
-  batch, each row stopped after its answer line, outcomes checked by the task).
+  batch, each row stopped after its answer line, outcomes checked by the task), with its shared prefill
+  (the prefix common to a batch and each distinct prompt read once) and without it.
 
 Tokens are counted per row up to and including its last useful token (EOS, or the stop point): the plain
 runs also generate past the answer, which counts as tokens but is waste, so compare the seconds too. Then
@@ -34,7 +35,15 @@ import torch
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.models import PACKAGED_SMOLLM2, load_backbone
-from sapo.rollout import ANSWER_LINE_STOP, Sampler, SamplingCost, TaskRolloutSampler, generate_batched
+from sapo.rollout import (
+    ANSWER_LINE_STOP,
+    Sampler,
+    SamplingCost,
+    TaskRolloutSampler,
+    TransformersBackend,
+    generate_batched,
+    shared_prefill,
+)
 from sapo.supervision.protocols import Prefix
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -132,7 +141,8 @@ def shared_prefixes(task: ArithmeticTask, questions, per_question: int) -> list[
 
 
 def profile_one_batch(model, tokenizer, prompts, args) -> list[list[str]]:
-    """Where the time of one sampler batch goes: prefill, decoding, the stop check, padding, idle rows."""
+    """Where the time of one sampler batch goes: prefill (shared, and what a plain left-padded prefill of the
+    same rows costs), decoding, the stop check, padding, idle rows."""
     batch = prompts[: args.batch_size]
     settings = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=0
@@ -144,19 +154,31 @@ def profile_one_batch(model, tokenizer, prompts, args) -> list[list[str]]:
     )
     total = time.perf_counter() - started
     encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
+    started = time.perf_counter()
+    shared_prefill(model, encoded, tokenizer.pad_token_id)
+    shared_seconds = time.perf_counter() - started
     width = max(map(len, encoded))
     ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded])
     mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
     with torch.no_grad():
         started = time.perf_counter()
         model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
-        prefill = time.perf_counter() - started
+        plain_seconds = time.perf_counter() - started
     steps = (cost.generated_tokens + cost.idle_row_steps) // max(1, cost.completions)
-    decode = max(0.0, total - prefill - cost.stop_check_seconds)
+    decode = max(0.0, total - shared_seconds - cost.stop_check_seconds)
     share = lambda s: f"{100 * s / total:.0f}%"  # noqa: E731
     return [
         ["rows x decoding steps", f"{len(batch)} x {steps}", ""],
-        ["prefill (one forward over the padded prompts)", f"{prefill:.3f} s", share(prefill)],
+        [
+            "prefill, shared (common prefix once, each distinct prompt once)",
+            f"{shared_seconds:.3f} s, {cost.prefill_tokens} positions",
+            share(shared_seconds),
+        ],
+        [
+            "(a plain left-padded prefill of the same rows, for comparison)",
+            f"{plain_seconds:.3f} s, {ids.numel()} positions",
+            "",
+        ],
         [
             "decoding (the rest of generate)",
             f"{decode:.3f} s ({1000 * decode / max(1, steps):.1f} ms/step)",
@@ -168,8 +190,8 @@ def profile_one_batch(model, tokenizer, prompts, args) -> list[list[str]]:
             share(cost.stop_check_seconds),
         ],
         [
-            "padding in the prefill",
-            f"{cost.padding_tokens} of {cost.padding_tokens + cost.prompt_tokens} tokens",
+            "padding in the shared prefill",
+            f"{cost.padding_tokens} of {cost.prefill_tokens} positions",
             f"{100 * cost.padding_share:.0f}%",
         ],
         [
@@ -178,6 +200,36 @@ def profile_one_batch(model, tokenizer, prompts, args) -> list[list[str]]:
             f"{100 * cost.idle_share:.0f}%",
         ],
     ]
+
+
+def sampler_rows(name, model, tokenizer, task, questions, prefixes, args, share_prefill) -> list[Row]:
+    """The sampler's two workloads, with or without the shared prefill."""
+    method = "sampler" if share_prefill else "sampler, no shared prefill"
+    backend = TransformersBackend(model, tokenizer, args.batch_size, share_prefill=share_prefill)
+    sampler = Sampler(
+        model,
+        tokenizer,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=0,
+        backend=backend,
+        progress=True,
+    )
+    adapter = TaskRolloutSampler(sampler, task, questions, stop=ANSWER_LINE_STOP)
+    started = time.perf_counter()
+    trajectories = adapter.sample_trajectories(questions, args.samples)
+    cost = sampler.last_cost
+    stopped = sum(t.meta["finish_reason"] == "stop" for t in trajectories)
+    seconds = time.perf_counter() - started
+    rows = [Row(name, "trajectories", method, cost.completions, cost.generated_tokens, seconds, stopped)]
+    started = time.perf_counter()
+    rollouts = adapter.rollouts(prefixes, args.prefix_k)
+    cost = adapter.last_cost
+    stopped = sum(r.meta["finish_reason"] == "stop" for rs in rollouts for r in rs)
+    seconds = time.perf_counter() - started
+    rows.append(Row(name, "continuations", method, cost.completions, cost.generated_tokens, seconds, stopped))
+    return rows
 
 
 def main() -> None:
@@ -217,68 +269,17 @@ def main() -> None:
     profiles: dict[str, list[list[str]]] = {}
     for name in args.dtypes:
         model, tokenizer = load_backbone(PACKAGED_SMOLLM2, dtype=DTYPES[name], cache_dir=args.cache_dir)
-        sampler = Sampler(
-            model,
-            tokenizer,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            batch_size=args.batch_size,
-            seed=0,
-            progress=True,
-        )
-        adapter = TaskRolloutSampler(sampler, task, questions, stop=ANSWER_LINE_STOP)
+        reference = TaskRolloutSampler(Sampler(model, tokenizer, progress=False), task, questions)
         question_prompts = [task.prompt(q, tokenizer) for q in questions]
-        prefix_prompts = [adapter.continuation_prompt(p) for p in prefixes]
+        prefix_prompts = [reference.continuation_prompt(p) for p in prefixes]
         generate_batched(model, tokenizer, question_prompts[:1], max_new_tokens=4)  # warm-up
 
-        rows.append(
-            Row(
-                name,
-                "trajectories",
-                "plain generate",
-                *plain_generate(model, tokenizer, question_prompts, args.samples, args, 0),
-            )
-        )
-        started = time.perf_counter()
-        trajectories = adapter.sample_trajectories(questions, args.samples)
-        cost = sampler.last_cost
-        stopped = sum(t.meta["finish_reason"] == "stop" for t in trajectories)
-        rows.append(
-            Row(
-                name,
-                "trajectories",
-                "sampler",
-                cost.completions,
-                cost.generated_tokens,
-                time.perf_counter() - started,
-                stopped,
-            )
-        )
-
-        rows.append(
-            Row(
-                name,
-                "continuations",
-                "plain generate",
-                *plain_generate(model, tokenizer, prefix_prompts, args.prefix_k, args, 1),
-            )
-        )
-        started = time.perf_counter()
-        rollouts = adapter.rollouts(prefixes, args.prefix_k)
-        cost = adapter.last_cost
-        stopped = sum(r.meta["finish_reason"] == "stop" for rs in rollouts for r in rs)
-        rows.append(
-            Row(
-                name,
-                "continuations",
-                "sampler",
-                cost.completions,
-                cost.generated_tokens,
-                time.perf_counter() - started,
-                stopped,
-            )
-        )
+        plain = plain_generate(model, tokenizer, question_prompts, args.samples, args, 0)
+        rows.append(Row(name, "trajectories", "plain generate", *plain))
+        plain = plain_generate(model, tokenizer, prefix_prompts, args.prefix_k, args, 1)
+        rows.append(Row(name, "continuations", "plain generate", *plain))
+        for share in (False, True):
+            rows += sampler_rows(name, model, tokenizer, task, questions, prefixes, args, share)
 
         repeated = [p for p in question_prompts for _ in range(args.samples)]
         profiles[name] = profile_one_batch(model, tokenizer, repeated, args)
@@ -289,6 +290,7 @@ def main() -> None:
         f"max_new_tokens={args.max_new_tokens}, batch {args.batch_size} rows, T={args.temperature}, top_p={args.top_p}, "
         f"{args.fewshot}-shot prompts, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
     )
+    rows.sort(key=lambda r: (args.dtypes.index(r.dtype), r.workload != "trajectories"))
     print(markdown(HEADER, [r.cells() for r in rows]))
     for name, profile in profiles.items():
         print(f"\nOne sampler batch ({name}), trajectories workload:\n")

@@ -26,6 +26,7 @@ from sapo.rollout import (
     as_stop_rule,
     deduplicate,
     generate_batched,
+    shared_prefill,
 )
 from sapo.rollout.generate import finish_generation, first_stop_point
 from sapo.supervision.protocols import Prefix, RolloutSampler
@@ -48,23 +49,32 @@ def tiny(sapo_cache_dir):
 
 
 class ScriptedLM(LlamaForCausalLM):
-    """Writes ``script(prompt)`` then EOS, whatever the sampling settings, and records each prompt it reads."""
+    """Writes ``script(prompt)`` then EOS, whatever the sampling settings, and records each prompt it is asked
+    to complete (the rows ``generate`` receives; the shared prefill's forward passes before it only fill the
+    cache)."""
 
     def setup(self, tokenizer, script):
-        self.tokenizer, self.script, self.prompts = tokenizer, script, []
+        self.tokenizer, self.script, self.prompts, self.generating = tokenizer, script, [], False
         return self
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        texts = [
+            self.tokenizer.decode(row[m.bool()].tolist()) for row, m in zip(input_ids, mask, strict=True)
+        ]
+        self.prompts.extend(texts)
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        self.rows = [encode(self.script(t)) + [self.tokenizer.eos_token_id] for t in texts]
+        self.step, self.generating = 0, True
+        try:
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            self.generating = False
 
     def forward(self, input_ids=None, attention_mask=None, **kwargs):
         out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if input_ids.shape[1] > 1:  # prefill: a new batch of prompts
-            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            texts = [
-                self.tokenizer.decode(row[m.bool()].tolist()) for row, m in zip(input_ids, mask, strict=True)
-            ]
-            self.prompts.extend(texts)
-            encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-            self.rows = [encode(self.script(t)) + [self.tokenizer.eos_token_id] for t in texts]
-            self.step = 0
+        if not self.generating:
+            return out
         logits = torch.full_like(out.logits[:, -1:], -1e9)
         for r, ids in enumerate(self.rows):
             logits[r, 0, ids[min(self.step, len(ids) - 1)]] = 0.0
@@ -144,6 +154,48 @@ def test_greedy_results_do_not_depend_on_batch_size_or_order(tiny):
     order = [4, 0, 6, 2, 1, 5, 3]
     shuffled = generate_batched(model, tokenizer, [prompts[i] for i in order], max_new_tokens=6, batch_size=3)
     assert shuffled == [reference[i] for i in order]
+
+
+SHARED_HEADER = "You solve problems step by step. Example: 2 + 2 = 4. The answer is 4.\nQuestion: "
+SHARED_PROMPTS = [SHARED_HEADER + q for q in ("one plus two?", "seven times six, then add one?", "Hi")]
+
+
+def test_shared_prefill_gives_the_logits_of_a_left_padded_forward(tiny):
+    model, tokenizer = tiny
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in SHARED_PROMPTS]
+    rows = [rows[0], rows[1], rows[0], rows[2], rows[1]]  # repeats, as k samples of a prompt are
+    prefill = shared_prefill(model, rows, tokenizer.pad_token_id)
+    assert prefill.cache.get_seq_length() == prefill.input_ids.shape[1] - 1
+    for row, ids, mask in zip(rows, prefill.input_ids, prefill.attention_mask, strict=True):
+        assert ids[mask.bool()].tolist() == row  # each row's own tokens, in order, whatever the layout
+    position = prefill.attention_mask.sum(-1, keepdim=True) - 1
+    with torch.no_grad():
+        shared = model(
+            input_ids=prefill.input_ids[:, -1:],
+            attention_mask=prefill.attention_mask,
+            position_ids=position,
+            past_key_values=prefill.cache,
+        ).logits[:, -1]
+        width = max(len(r) for r in rows)
+        padded = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        plain = model(input_ids=padded, attention_mask=mask).logits[:, -1]
+    torch.testing.assert_close(shared, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefill_reads_the_common_prefix_and_each_distinct_prompt_once(tiny):
+    model, tokenizer = tiny
+    prompts = [SHARED_PROMPTS[0]] * 4 + [SHARED_PROMPTS[1]] * 4
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in SHARED_PROMPTS[:2]]
+    common = len(tokenizer(SHARED_HEADER, add_special_tokens=False)["input_ids"]) - 1  # a token may straddle
+    shared, plain = SamplingCost(), SamplingCost()
+    kwargs = dict(max_new_tokens=4, batch_size=8)
+    greedy = generate_batched(model, tokenizer, prompts, cost=shared, **kwargs)
+    assert generate_batched(model, tokenizer, prompts, cost=plain, share_prefill=False, **kwargs) == greedy
+    assert shared.prompt_tokens == plain.prompt_tokens == 4 * sum(lengths)
+    assert plain.prefill_tokens == 8 * max(lengths)
+    assert shared.prefill_tokens <= common + 2 * (max(lengths) - common) + 8
+    assert shared.prefill_saving > 3
 
 
 # --- stopping after the answer and what it costs ------------------------------------------------------------------

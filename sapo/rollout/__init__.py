@@ -7,6 +7,7 @@ from sapo.rollout.generate import (
     as_stop_rule,
     derive_seed,
     generate_batched,
+    shared_prefill,
 )
 from sapo.rollout.sampler import (
     ANSWER_LINE_STOP,
@@ -35,6 +36,7 @@ __all__ = [
     "deduplicate",
     "derive_seed",
     "generate_batched",
+    "shared_prefill",
     "task_stop_rule",
     "vllm_available",
 ]

@@ -2,7 +2,11 @@
 
 :func:`generate_batched` completes a list of prompts: it tokenises each distinct prompt once, sorts the rows
 by prompt length so that a batch pads little, left-pads them (a decoder-only model continues from the right
-edge) and makes **one** ``model.generate`` call per batch. A row ends at EOS, at ``max_new_tokens``, or, when
+edge) and makes **one** ``model.generate`` call per batch. Prompts in a batch usually share a lot (the k
+rows of one prefix are the same prompt; every prompt starts with the same chat header and few-shot
+examples), and reading a prompt (the prefill) costs as much compute per token as generating, so the batch's
+key/value cache is built by :func:`shared_prefill`: the common token prefix once, each distinct prompt once,
+then copied to the rows (``share_prefill=False`` turns it off). A row ends at EOS, at ``max_new_tokens``, or, when
 a :class:`StopRule` is given, as soon as its text is finished (for math: once the answer line and its
 newline are written), so the model never spends tokens after the answer. What each call cost (completions,
 generated tokens, prompt and padding tokens, idle rows, seconds) is added to a :class:`SamplingCost`.
@@ -31,6 +35,7 @@ from sapo.data.trajectory import Cost, FieldwiseSum
 
 __all__ = [
     "Generation",
+    "Prefill",
     "SamplingCost",
     "StopRule",
     "as_stop_rule",
@@ -39,6 +44,7 @@ __all__ = [
     "first_stop_point",
     "generate_batched",
     "progress_rate",
+    "shared_prefill",
 ]
 
 
@@ -110,8 +116,11 @@ class SamplingCost(FieldwiseSum):
         batches: ``generate`` calls (model batches).
         completions: sequences generated.
         generated_tokens: tokens generated, each row counted up to and including its stop point or EOS.
-        prompt_tokens: prompt tokens the model read (prefill), padding excluded.
-        padding_tokens: left-padding tokens prefilled to make a batch rectangular.
+        prompt_tokens: the rows' prompt tokens, each row counted in full, padding excluded.
+        prefill_tokens: token positions the model computed to read those prompts, padding included: with
+            a shared prefill a prefix common to the batch and each distinct prompt are read once, so this
+            can be far below ``prompt_tokens``.
+        padding_tokens: padding positions among ``prefill_tokens`` (a batch is rectangular).
         idle_row_steps: decoding steps spent on rows that had already finished while their batch went on.
         stop_check_seconds: time spent deciding whether rows are finished (decoding text, the stop rule).
         seconds: wall time of the calls.
@@ -122,6 +131,7 @@ class SamplingCost(FieldwiseSum):
     completions: int = 0
     generated_tokens: int = 0
     prompt_tokens: int = 0
+    prefill_tokens: int = 0
     padding_tokens: int = 0
     idle_row_steps: int = 0
     stop_check_seconds: float = 0.0
@@ -145,9 +155,13 @@ class SamplingCost(FieldwiseSum):
 
     @property
     def padding_share(self) -> float:
-        """The share of prefilled tokens that were padding."""
-        total = self.prompt_tokens + self.padding_tokens
-        return self.padding_tokens / total if total else 0.0
+        """The share of prefilled positions that were padding."""
+        return self.padding_tokens / self.prefill_tokens if self.prefill_tokens else 0.0
+
+    @property
+    def prefill_saving(self) -> float:
+        """How many times fewer positions were prefilled than the rows' prompts hold: ``prompt / prefill``."""
+        return self.prompt_tokens / self.prefill_tokens if self.prefill_tokens else 0.0
 
     @property
     def idle_share(self) -> float:
@@ -189,6 +203,7 @@ def generate_batched(
     progress: bool = False,
     description: str = "generating",
     cost: SamplingCost | None = None,
+    share_prefill: bool = True,
 ) -> list[Generation]:
     """Complete every prompt (in input order); greedy when ``temperature == 0``, else sampled with
     ``temperature`` and nucleus ``top_p`` (no top-k cut).
@@ -203,6 +218,10 @@ def generate_batched(
             (and advances) the global torch random state.
         progress: show a progress bar with sequences/s and tokens/s.
         cost: when given, this call's cost is added to it.
+        share_prefill: build each batch's cache with :func:`shared_prefill` (shared prompt prefixes read
+            once). Off: ``generate`` reads every row's prompt itself, as plain batched generation does. The
+            two give the same distribution of samples (and, up to floating-point summation order, the same
+            greedy completions).
     """
     call_cost = SamplingCost(calls=1)
     started = time.perf_counter()
@@ -213,7 +232,9 @@ def generate_batched(
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
     rule = as_stop_rule(stop)
     token_ids = _tokenise_once(tokenizer, prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]))
+    # by length, and the rows of one prompt next to each other, so that a batch holds whole groups
+    first_seen = {p: i for i, p in reversed(list(enumerate(prompts)))}
+    order = sorted(range(len(prompts)), key=lambda i: (len(token_ids[i]), first_seen[prompts[i]]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     end_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
     sampling = (
@@ -230,13 +251,20 @@ def generate_batched(
     try:
         for batch_index, start in enumerate(range(0, len(order), batch_size)):
             rows = order[start : start + batch_size]
-            input_ids, attention_mask = _left_pad([token_ids[i] for i in rows], pad_id, device)
+            row_ids = [token_ids[i] for i in rows]
+            if share_prefill:
+                prefill = shared_prefill(model, row_ids, pad_id)
+            else:
+                ids, mask = _left_pad(row_ids, pad_id, device)
+                prefill = Prefill(ids, mask, None, positions=ids.numel(), padding=int((mask == 0).sum()))
+            input_ids, attention_mask = prefill.input_ids, prefill.attention_mask
             width = input_ids.shape[1]
             watcher = _StopWatcher(tokenizer, rule, width, end_ids, triggers) if rule is not None else None
             with _seeded(seed, batch_index, device):
                 out = model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
+                    past_key_values=prefill.cache,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=pad_id,
                     eos_token_id=tokenizer.eos_token_id,
@@ -249,9 +277,10 @@ def generate_batched(
                 stop_at = watcher.stopped_at[r] if watcher is not None else None
                 results[i] = finish_generation(tokenizer, new_tokens[r], end_ids, rule, stopped_at=stop_at)
                 call_cost.prompt_tokens += len(token_ids[i])
-                call_cost.padding_tokens += width - len(token_ids[i])
                 call_cost.generated_tokens += results[i].num_tokens  # type: ignore[union-attr]
                 call_cost.idle_row_steps += steps - results[i].num_tokens  # type: ignore[union-attr]
+            call_cost.prefill_tokens += prefill.positions
+            call_cost.padding_tokens += prefill.padding
             call_cost.batches += 1
             call_cost.completions += len(rows)
             call_cost.stop_check_seconds += watcher.seconds if watcher is not None else 0.0
@@ -277,6 +306,81 @@ def _tokenise_once(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     encoded = tokenizer(distinct, add_special_tokens=False)["input_ids"]
     by_prompt = dict(zip(distinct, encoded, strict=True))
     return [by_prompt[p] for p in prompts]
+
+
+@dataclass
+class Prefill:
+    """A batch ready for ``generate``: its token ids and mask, and the cache that already holds all but the
+    last column (``None``: nothing prefilled yet). ``positions`` and ``padding`` count the token positions the
+    model computed to read the prompts, and the padding among them."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    cache: Any = None
+    positions: int = 0
+    padding: int = 0
+
+
+@torch.no_grad()
+def shared_prefill(model: Any, rows: Sequence[Sequence[int]], pad_id: int) -> Prefill:
+    """Read a batch's prompts into a key/value cache, each shared part once.
+
+    Rows are laid out as ``[common prefix][padding][own suffix]``: the longest token prefix common to all
+    rows comes first (so its cache is computed once, at batch 1, and copied), then each row's own tokens,
+    right-aligned so every row's next token lands in the last column. The suffixes of the *distinct* prompts
+    are prefilled once each (one forward pass at their batch), and the cache rows are then copied to the rows
+    that repeat them. Position ids follow the attention mask (``cumsum(mask) - 1``, as ``generate`` computes
+    them), so a row sees exactly the positions and keys it would see left-padded on its own. The last column
+    is left for ``generate``, which needs at least one token to read. Cost: ``P + U·S`` positions instead of
+    ``B·W`` (P the common prefix, U distinct prompts with suffixes padded to S, B rows left-padded to W).
+    """
+    from transformers import DynamicCache
+
+    device = model.device
+    distinct = list(dict.fromkeys(tuple(r) for r in rows))
+    index_of = {r: i for i, r in enumerate(distinct)}
+    common = min(_common_prefix_length(distinct), min(len(r) for r in distinct) - 1)
+    suffixes = [list(r[common:]) for r in distinct]
+    suffix_width = max(len(s) for s in suffixes)
+    prefix = torch.tensor([list(distinct[0][:common])], dtype=torch.long, device=device)
+    suffix_ids, suffix_mask = _left_pad(suffixes, pad_id, device)
+    input_ids = torch.cat([prefix.expand(len(distinct), -1), suffix_ids], dim=1)
+    attention_mask = torch.cat(
+        [torch.ones((len(distinct), common), dtype=torch.long, device=device), suffix_mask], dim=1
+    )
+    cache = DynamicCache(config=model.config)
+    positions = common + len(distinct) * (suffix_width - 1) + len(rows)  # + the last column, in generate
+    if common:
+        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(len(distinct))
+    if suffix_width > 1:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        model(
+            input_ids=input_ids[:, common:-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=position_ids[:, common:-1],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    padding = int((suffix_mask[:, :-1] == 0).sum())
+    select = torch.tensor([index_of[tuple(r)] for r in rows], dtype=torch.long, device=device)
+    if cache.get_seq_length() > 0:
+        cache.batch_select_indices(select)
+    else:
+        cache = None  # every prompt is one token: nothing to prefill
+    return Prefill(input_ids[select], attention_mask[select], cache, positions, padding)
+
+
+def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    first = rows[0]
+    length = min(len(r) for r in rows)
+    for r in rows[1:]:
+        k = 0
+        while k < length and r[k] == first[k]:
+            k += 1
+        length = k
+    return length
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:

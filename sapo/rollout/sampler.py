@@ -77,14 +77,23 @@ class GenerationBackend(Protocol):
 
 @dataclass
 class TransformersBackend:
-    """The default backend: :func:`~sapo.rollout.generate.generate_batched` on an in-memory model."""
+    """The default backend: :func:`~sapo.rollout.generate.generate_batched` on an in-memory model (with its
+    shared prefill unless ``share_prefill`` is off)."""
 
     model: Any
     tokenizer: Any
     batch_size: int = 32
+    share_prefill: bool = True
 
     def __call__(self, prompts: Sequence[str], **settings: Any) -> list[Generation]:
-        return generate_batched(self.model, self.tokenizer, prompts, batch_size=self.batch_size, **settings)
+        return generate_batched(
+            self.model,
+            self.tokenizer,
+            prompts,
+            batch_size=self.batch_size,
+            share_prefill=self.share_prefill,
+            **settings,
+        )
 
 
 class Sampler:
