@@ -8,8 +8,7 @@ from pathlib import Path
 import lightning as L
 
 from sapo.data.tasks.base import Task
-from sapo.rollout.generate import generate_batched
-from sapo.rollout.sampler import task_stop_rule
+from sapo.eval.reasoner import sample_and_check
 
 __all__ = ["ExportPretrained", "HeldOutAccuracy"]
 
@@ -39,24 +38,18 @@ class HeldOutAccuracy(L.Callback):
 
     def measure(self, trainer: L.Trainer, module: L.LightningModule, tag: str) -> float:
         questions = self.task.load()[: self.max_questions]
-        prompts = [self.task.prompt(q, module.tokenizer) for q in questions]
         # The trainer's precision context: under bf16-mixed, sampling runs in bf16 autocast too.
         with trainer.precision_plugin.forward_context():
-            generations = generate_batched(
+            samples = sample_and_check(  # greedy; one batched check: programs run in parallel
                 module.model,
                 module.tokenizer,
-                prompts,
+                self.task,
+                questions,
                 max_new_tokens=self.max_new_tokens,
                 batch_size=self.batch_size,
-                stop=task_stop_rule(self.task),
-                progress=True,
                 description=f"held-out accuracy ({tag})",
             )
-        trajectories = [
-            self.task.new_trajectory(q, g.text, generated_tokens=g.num_tokens)
-            for q, g in zip(questions, generations, strict=True)
-        ]
-        self.task.check(trajectories, {q.id: q for q in questions})  # one batch: programs run in parallel
+        trajectories = [question_samples[0] for question_samples in samples]
         accuracy = sum(bool(t.outcome) for t in trajectories) / max(1, len(trajectories))
         self.history.append((trainer.global_step, accuracy))
         if trainer.log_dir is not None:

@@ -14,14 +14,15 @@ DESCRIPTION = (
     "`sapo fit --config configs/demo.yaml` runs a recipe; `sapo fit --print_config` prints a complete one."
 )
 
-#: the recipe a bare ``sapo fit`` starts from: SFT of the packaged SmolLM2 on the synthetic arithmetic task
+#: the recipe a bare ``sapo fit`` starts from: the self-evolution loop with the packaged SmolLM2 on the
+#: synthetic arithmetic task
 DEFAULTS = {
     "model": {
-        "class_path": "sapo.models.reasoner.ORPOReasoner",
-        "init_args": {"backbone": {"name_or_path": "smollm2-135m-instruct"}},
+        "class_path": "sapo.evolution.SelfEvolution",
+        "init_args": {"reasoner": {"name_or_path": "smollm2-135m-instruct"}},
     },
     "data": {
-        "class_path": "sapo.data.datamodule.SFTDataModule",
+        "class_path": "sapo.data.saps.SAPSDataModule",
         "init_args": {"task": {"class_path": "sapo.data.tasks.arithmetic.ArithmeticTask"}},
     },
 }
@@ -50,6 +51,38 @@ class SapoCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Without --config, --print_config prints the demo recipe rather than an empty model and data.
         parser.set_defaults(DEFAULTS)
+
+    def fit(
+        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **kwargs
+    ) -> None:
+        """``sapo fit``: the whole loop for a :class:`~sapo.evolution.SelfEvolution` model (each phase with its
+        own trainer, resumable from the run directory), else ``Trainer.fit``."""
+        from sapo.evolution import SelfEvolution
+
+        if not isinstance(model, SelfEvolution):
+            self.trainer.fit(model, datamodule=datamodule, **kwargs)
+            return
+        if kwargs.get("ckpt_path"):
+            raise ValueError(
+                "--ckpt_path does not apply to the self-evolution loop: rerun the same command (same "
+                "model.init_args.run_dir) to resume after the last finished phase"
+            )
+        config = self.config[self.subcommand]
+        settings = {key: _plain(config[key]) for key in ("model", "data") if key in config}
+        model.run(self.trainer, datamodule, settings)
+
+
+def _plain(value):
+    """A jsonargparse Namespace as plain JSON-able data (for the run directory's settings record)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -39,14 +39,26 @@ def test_print_config_gives_a_complete_recipe(capsys):
     code, out, err = _sapo(capsys, "fit", "--print_config")
     assert code == 0, err
     config = yaml.safe_load(out)
-    assert config["model"]["class_path"] == "sapo.models.reasoner.ORPOReasoner"
-    assert config["model"]["init_args"]["backbone"]["name_or_path"] == "smollm2-135m-instruct"
+    assert config["model"]["class_path"] == "sapo.evolution.SelfEvolution"
+    assert config["model"]["init_args"]["reasoner"]["name_or_path"] == "smollm2-135m-instruct"
     assert config["data"]["init_args"]["task"]["class_path"].endswith("ArithmeticTask")
+    assert config["data"]["init_args"]["margin"] == 0.3  # every default is printed
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def _recipe_args(recipe: str) -> list[str]:
+    """A recipe, or an overlay (no model class of its own) applied on top of the demo recipe."""
+    config = yaml.safe_load((CONFIGS / recipe).read_text())
+    if "class_path" not in config.get("model", {}):
+        return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONFIGS / recipe)]
+    return ["--config", str(CONFIGS / recipe)]
+
+
+RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_parses(recipe, capsys):
-    code, out, err = _sapo(capsys, "fit", "--config", str(CONFIGS / recipe), "--print_config")
+    code, out, err = _sapo(capsys, "fit", *_recipe_args(recipe), "--print_config")
     assert code == 0, err
     assert yaml.safe_load(out)["model"]["class_path"].startswith("sapo.")
 
@@ -57,12 +69,12 @@ def test_smoke_recipe_trains_and_measures(tmp_path, monkeypatch, sapo_cache_dir)
         args=[
             "fit",
             "--config",
-            str(CONFIGS / "smoke.yaml"),
+            str(CONFIGS / "sft_smoke.yaml"),
             "--model.init_args.backbone.cache_dir",
             sapo_cache_dir,
         ]
     )
-    logs = tmp_path / "runs" / "smoke" / "logs" / "version_0"
+    logs = tmp_path / "runs" / "sft_smoke" / "logs" / "version_0"
     rows = list(csv.DictReader((logs / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 6 and losses[-1] < losses[0]
@@ -71,7 +83,7 @@ def test_smoke_recipe_trains_and_measures(tmp_path, monkeypatch, sapo_cache_dir)
     start = [json.loads(line) for line in (logs / "heldout_start.jsonl").open()]
     assert len(start) == 8 and all(r["outcome"] in (True, False) for r in start)
     assert (logs / "heldout_step3.jsonl").exists() and (logs / "heldout_step6.jsonl").exists()
-    exported = tmp_path / "runs" / "smoke" / "reasoner"
+    exported = tmp_path / "runs" / "sft_smoke" / "reasoner"
     model = AutoModelForCausalLM.from_pretrained(exported)
     assert model.num_parameters() > 0 and (exported / "tokenizer.json").exists()
 
@@ -86,7 +98,7 @@ def test_smoke_recipe_trains_and_measures(tmp_path, monkeypatch, sapo_cache_dir)
     ],
 )
 def test_bad_config_fails_naming_the_key(override, message, capsys):
-    args = ["fit", "--config", str(CONFIGS / "smoke.yaml"), *override, "--trainer.fast_dev_run", "true"]
+    args = ["fit", "--config", str(CONFIGS / "sft_smoke.yaml"), *override, "--trainer.fast_dev_run", "true"]
     try:
         code, _, err = _sapo(capsys, *args)
     except ValueError as error:  # a constructor's own check, raised while instantiating, before any work
@@ -98,6 +110,20 @@ def test_bad_config_fails_naming_the_key(override, message, capsys):
 def _local_data_overrides(recipe: str) -> list[str]:
     """Point a recipe's hub sources at the shared files (the hub is out of reach in tests)."""
     gsm8k, mbpp = SHARED_DATA / "gsm8k", SHARED_DATA / "mbpp" / "mbpp.jsonl"
+    loop = {
+        "gsm8k_qwen2.5-0.5b.yaml": [str(gsm8k / "train.jsonl"), str(gsm8k / "test.jsonl")],
+        "mbpp_qwen2.5-0.5b.yaml": [str(mbpp), str(mbpp)],
+    }
+    if recipe in loop:
+        train, heldout = loop[recipe]
+        return [
+            "--data.init_args.task.init_args.source",
+            train,
+            "--data.init_args.heldout_task.init_args.source",
+            heldout,
+            "--trainer.accelerator",
+            "cpu",
+        ]
     return {
         "sft_gsm8k.yaml": [
             "--data.init_args.task.init_args.source",
@@ -114,16 +140,17 @@ def _local_data_overrides(recipe: str) -> list[str]:
     }.get(recipe, [])
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_builds_and_its_task_gives_gold_solutions(recipe, tmp_path, monkeypatch, sapo_cache_dir):
     monkeypatch.chdir(tmp_path)
-    args = [  # run=False: no subcommand, the classes are only instantiated
-        "--config",
-        str(CONFIGS / recipe),
+    args = _recipe_args(recipe)
+    loop = "SelfEvolution" in (CONFIGS / recipe).read_text() or len(args) > 2
+    backbone = "reasoner" if loop else "backbone"
+    args += [  # run=False: no subcommand, the classes are only instantiated
         *_local_data_overrides(recipe),
-        "--model.init_args.backbone.name_or_path",
+        f"--model.init_args.{backbone}.name_or_path",
         "tiny-random",
-        "--model.init_args.backbone.cache_dir",
+        f"--model.init_args.{backbone}.cache_dir",
         sapo_cache_dir,
     ]
     cli = SapoCLI(args=args, run=False)

@@ -80,3 +80,44 @@ def test_orpo_gradient_is_finite_near_probability_one():
     loss, _ = orpo_loss(chosen, rejected)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
+
+
+def test_sequence_logprob_is_exact_in_float32_when_the_model_is_almost_sure():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 2, 50_000, dtype=torch.float64)  # one labelled token per row, at position 1
+    targets = torch.tensor([3, 17, 49_999, 0])
+    logits[torch.arange(4), 0, targets] = torch.tensor([30.0, 26.0, 5.0, -2.0], dtype=torch.float64)
+    labels = torch.stack([torch.full((4,), IGNORE_INDEX), targets], 1)
+    exact = logits[:, 0].log_softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    assert -1e-7 < exact[0] < 0  # p is within 1e-7 of 1
+    logp, _ = sequence_logprob(logits.float(), labels)
+    assert logp.double().tolist() == pytest.approx(exact.tolist(), rel=1e-4)
+    # the textbook form z_y - logsumexp(z) loses these digits in float32
+    naive = logits[:, 0].float().log_softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    assert naive[0].item() != pytest.approx(exact[0].item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sequence_logprob_gradient_is_one_hot_minus_softmax(dtype):
+    torch.manual_seed(1)
+    logits = torch.randn(3, 4, 11).to(dtype).requires_grad_()
+    labels = torch.tensor(
+        [[IGNORE_INDEX, 0, 5, 10], [IGNORE_INDEX, IGNORE_INDEX, 2, IGNORE_INDEX], [1, 2, 3, 4]]
+    )
+    logp, counts = sequence_logprob(logits, labels)
+    logp.sum().backward()
+    expected = torch.zeros(3, 4, 11)
+    probs = torch.softmax(logits.detach().float(), -1)
+    for row in range(3):
+        for t in range(1, 4):
+            if labels[row, t] != IGNORE_INDEX:
+                expected[row, t - 1] = -probs[row, t - 1] / counts[row]
+                expected[row, t - 1, labels[row, t]] += 1 / counts[row]
+    assert torch.allclose(logits.grad.float(), expected, atol=1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_sequence_logprob_passes_gradcheck_in_float64():
+    torch.manual_seed(2)
+    logits = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[IGNORE_INDEX, 0, 5, IGNORE_INDEX], [3, 2, 3, 4]])
+    assert torch.autograd.gradcheck(lambda z: sequence_logprob(z, labels)[0], (logits,))

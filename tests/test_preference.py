@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from sapo.data.pairs import build_pairs, rft_pairs
 from sapo.data.preference import IGNORE_INDEX, PairCollator, PreferencePair
+from sapo.data.trajectory import Trajectory
 
 
 def test_chosen_only_batch_masks_prompt_and_pads(smollm2_tokenizer):
@@ -42,3 +44,17 @@ def test_long_sequences_are_cut_without_eos(smollm2_tokenizer):
     batch = collate([PreferencePair("a", "Q\n", ["one two three four five six seven eight nine ten"])])
     assert batch["chosen_input_ids"].shape[1] == 10
     assert smollm2_tokenizer.eos_token_id not in batch["chosen_input_ids"][0].tolist()
+
+
+def test_built_pairs_and_rft_pairs_collate_into_one_batch(smollm2_tokenizer):
+    trajectories = [
+        Trajectory("q", "2+3?", ["2 + 3 = 5", "The answer is 5"], outcome=True),
+        Trajectory("q", "2+3?", ["2 + 3 = 6", "The answer is 6"], outcome=False),
+    ]
+    orpo = build_pairs(trajectories, [[1.0, 1.0], [0.5, 0.0]], prompt=lambda t: f"Q: {t.question}\n")
+    sft = rft_pairs(trajectories, prompt=lambda t: f"Q: {t.question}\n")
+    assert PreferencePair.from_dict(orpo[0].to_dict()) == orpo[0] and orpo[0].margin == 0.75
+    batch = PairCollator(smollm2_tokenizer, "\n", max_length=64)(orpo + sft)
+    assert batch["has_rejected"].tolist() == [True, False]
+    # the SFT row repeats its chosen side on the rejected side, where has_rejected keeps it out of the ratio
+    assert batch["rejected_input_ids"][1].tolist() == batch["chosen_input_ids"][1].tolist()

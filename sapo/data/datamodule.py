@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from sapo.data.batching import LengthGroupedBatchSampler
 from sapo.data.preference import PairCollator, PreferencePair
 from sapo.data.tasks.base import Task
 
-__all__ = ["SFTDataModule", "gold_pairs"]
+__all__ = ["SFTDataModule", "gold_pairs", "pair_lengths"]
 
 
 def gold_pairs(task: Task, tokenizer: Any) -> list[PreferencePair]:
@@ -20,6 +24,20 @@ def gold_pairs(task: Task, tokenizer: Any) -> list[PreferencePair]:
         gold = task.gold_trajectory(question)
         pairs.append(PreferencePair(question.id, task.prompt(question, tokenizer), gold.steps))
     return pairs
+
+
+def pair_lengths(pairs: Sequence[PreferencePair], collator: PairCollator) -> list[int]:
+    """Tokens each pair puts in a batch: ``len(chosen) + len(rejected)`` as the collator encodes them.
+
+    Each side is padded to its own longest row, so a pair's padding cost follows the sum of its sides.
+    """
+    lengths = []
+    for pair in pairs:
+        length = len(collator.encode(pair.prompt, pair.chosen)[0])
+        if pair.rejected is not None:
+            length += len(collator.encode(pair.prompt, pair.rejected)[0])
+        lengths.append(length)
+    return lengths
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -34,6 +52,14 @@ class SFTDataModule(L.LightningDataModule):
         batch_size: pairs per batch; batches are padded to their longest sequence.
         max_length: tokens per sequence (prompt and solution); longer ones are cut.
         num_workers: DataLoader worker processes.
+        group_by_length: draw training batches with :class:`~sapo.data.batching.LengthGroupedBatchSampler`
+            (shuffled, then sorted by token length within mega-batches of 50 batches), so that a batch's
+            rows have similar lengths and padding is small: on GSM8K's 7473 gold solutions with the SmolLM2
+            chat prompt and batches of 8, padding falls from 30% of the batch tokens with uniformly random
+            batches to 1.5% (so an epoch feeds the model about 28% fewer tokens). Its seed is drawn from torch's generator when the
+            dataloader is built, so ``seed_everything`` fixes the order; each epoch reshuffles. False:
+            uniformly random batches. Multi-process training always uses random batches (Lightning's
+            distributed sampler replaces the training sampler).
     """
 
     def __init__(
@@ -43,6 +69,7 @@ class SFTDataModule(L.LightningDataModule):
         batch_size: int = 8,
         max_length: int = 512,
         num_workers: int = 0,
+        group_by_length: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -54,6 +81,7 @@ class SFTDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.max_length = max_length
         self.num_workers = num_workers
+        self.group_by_length = group_by_length
         self.train_pairs: list[PreferencePair] = []
         self.val_pairs: list[PreferencePair] = []
 
@@ -66,12 +94,23 @@ class SFTDataModule(L.LightningDataModule):
             self.val_pairs = gold_pairs(self.val_task, tokenizer)
 
     def train_dataloader(self) -> DataLoader:
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if self.group_by_length and distributed:
+            rank_zero_warn("group_by_length applies to single-process training; using random batches")
+        if not self.group_by_length or distributed:
+            return DataLoader(
+                self.train_pairs,
+                batch_size=self.batch_size,
+                shuffle=True,
+                collate_fn=self.collator,
+                num_workers=self.num_workers,
+            )
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # from torch's generator: seed_everything fixes it
+        sampler = LengthGroupedBatchSampler(
+            pair_lengths(self.train_pairs, self.collator), self.batch_size, seed=seed
+        )
         return DataLoader(
-            self.train_pairs,
-            batch_size=self.batch_size,
-            shuffle=True,
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
+            self.train_pairs, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -33,3 +33,18 @@ __all__ = [
     "resolve_dtype",
     "tiny_random_config",
 ]
+
+from sapo.models.schedule import (
+    adamw_with_linear_warmup_decay,
+    linear_warmup_decay,
+    linear_warmup_decay_scheduler,
+)
+from sapo.models.verifier import PRMVerifier, step_loss
+
+__all__ += [
+    "PRMVerifier",
+    "adamw_with_linear_warmup_decay",
+    "linear_warmup_decay",
+    "linear_warmup_decay_scheduler",
+    "step_loss",
+]

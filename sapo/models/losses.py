@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,21 +12,75 @@ from sapo.data.preference import IGNORE_INDEX
 
 __all__ = ["sequence_logprob", "log1mexp", "orpo_loss"]
 
+#: elements per chunk of :class:`LabelledTokenLogprob`'s backward pass (2**24 float32 values: 64 MiB)
+BACKWARD_CHUNK_ELEMENTS = 2**24
+
+
+class LabelledTokenLogprob(torch.autograd.Function):
+    """``log p(y_t) = -softplus(log sum_{v != y} exp(z_v) - z_y)`` at labelled positions, in float32 or wider.
+
+    It equals ``z_y - logsumexp(z)``, but that difference cancels when ``p(y)`` is near 1: both terms are
+    about the size of the logits (20 or more for a confident model), so float32 rounding leaves an absolute
+    error near 1e-6, as large as ``log p`` itself, and ORPO's ``log(1 - p)`` then takes the logarithm of
+    that error. This form builds the small ``sum_{v != y} exp(z_v - z_y)`` directly, and softplus
+    (``log(1 + exp(.))``) keeps it to float32's relative precision.
+
+    The gradient is written out, ``d log p(y) / d z_v = 1[v = y] - softmax(z)_v``, with ``1 - p(y)`` at
+    ``v = y`` taken as ``exp(lse_others - lse_all)`` (exact there too). Only labelled positions are copied
+    to float32; that copy is the only vocabulary-wide tensor kept for the backward pass, which writes the
+    gradient into the logits' gradient chunk by chunk: less peak memory than ``log_softmax`` then
+    ``gather`` (8 x 300 tokens, 2/3 labelled, SmolLM2's 49152-token vocabulary, on CPU: 890 MB against
+    910 MB with float32 logits, 740 MB against 910 MB with bfloat16 ones), at the same speed.
+
+    Inputs: ``logits`` [B, T, V] (any float dtype), ``targets`` [B, T - 1] and ``mask`` [B, T - 1], where
+    logits at ``t`` predict ``targets[:, t]``; returns the ``N = mask.sum()`` token log-probabilities in
+    row-major order of ``mask``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # boolean indexing copies, so ``selected`` is ours to overwrite; float32 at least (float64 stays)
+        selected = logits[:, :-1][mask].to(torch.promote_types(logits.dtype, torch.float32))
+        target = targets[mask].unsqueeze(1)
+        lse_all = selected.logsumexp(-1)
+        target_logit = selected.gather(1, target).squeeze(1)
+        others = selected.scatter_(1, target, float("-inf"))
+        lse_others = others.logsumexp(-1)
+        ctx.save_for_backward(others, target, mask, lse_all, lse_others)
+        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+        return -F.softplus(lse_others - target_logit)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        others, target, mask, lse_all, lse_others = ctx.saved_tensors
+        grad_logits = others.new_zeros(ctx.logits_shape, dtype=ctx.logits_dtype)
+        batch_index, position = mask.nonzero(as_tuple=True)
+        one_minus_p = (lse_others - lse_all).exp()
+        # In chunks of rows, so that no second [N, V] tensor is made (and the saved copy stays intact).
+        rows = max(1, BACKWARD_CHUNK_ELEMENTS // max(1, others.shape[1]))
+        for start in range(0, others.shape[0], rows):
+            part = slice(start, start + rows)
+            # -softmax(z)_v * grad for v != y (exp(-inf) = 0 at y), then (1 - p(y)) * grad at y
+            chunk = (others[part] - lse_all[part].unsqueeze(1)).exp_().mul_(-grad[part].unsqueeze(1))
+            chunk.scatter_(1, target[part], (grad[part] * one_minus_p[part]).unsqueeze(1))
+            grad_logits[batch_index[part], position[part]] = chunk.to(ctx.logits_dtype)
+        return grad_logits, None, None
+
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-averaged log-probability of each sequence's labelled tokens.
 
     ``log P(y|x) = (1/|y|) * sum_t log p(y_t | x, y_<t)`` over positions whose label is not ``IGNORE_INDEX``;
     logits at position ``t`` predict the label at ``t + 1``. Returns ``(mean log-prob [B], token count [B])``;
-    a sequence with no labelled token gets log-prob 0 and count 0.
+    a sequence with no labelled token gets log-prob 0 and count 0. ``log p`` is
+    :class:`LabelledTokenLogprob`, exact in float32 even when ``p`` is within 1e-6 of 1.
     """
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    # Only labelled positions go through the (vocabulary-wide) log-softmax: prompts and padding are most of
-    # a batch, and the float32 copy of every position's logits is the largest tensor of a training step.
+    # Only labelled positions go through the vocabulary-wide reduction: prompts and padding are most of a
+    # batch, and the float32 copy of every position's logits is the largest tensor of a training step.
     rows = mask.nonzero(as_tuple=True)[0]
-    selected = logits[:, :-1][mask].float()
-    token_logp = selected.log_softmax(-1).gather(1, targets[mask].unsqueeze(1)).squeeze(1)
+    token_logp = LabelledTokenLogprob.apply(logits, targets, mask)
     counts = mask.sum(-1)
     summed = torch.zeros(labels.shape[0], dtype=token_logp.dtype, device=token_logp.device).index_add(
         0, rows, token_logp

@@ -9,12 +9,24 @@ import torch
 
 from sapo.models.backbone import BackboneSpec
 from sapo.models.losses import orpo_loss, sequence_logprob
+from sapo.models.schedule import adamw_with_linear_warmup_decay
 
-__all__ = ["ORPOReasoner"]
+__all__ = ["ORPOReasoner", "PAIR_TERMS"]
+
+#: logged terms that exist only for rows with a rejected side, so they are averaged over those rows; the
+#: others (``nll``, ``chosen_logp``) are averaged over every row of a batch
+PAIR_TERMS = ("or_loss", "log_odds_ratio", "rejected_logp", "reward_accuracy")
 
 
 class ORPOReasoner(L.LightningModule):
     """A causal LM trained on preference pairs with ORPO; pairs without a rejected side train as SFT.
+
+    Logged under ``train/`` (every step) and ``val/`` (epoch means): ``loss``; ``nll``, the mean negative
+    token-averaged log-probability of the chosen sides; ``chosen_logp``; and, over the pairs that have a
+    rejected side, ``or_loss`` (``-log sigmoid(log odds ratio)``), ``log_odds_ratio``, ``rejected_logp`` and
+    ``reward_accuracy``, the share of pairs whose chosen side is more likely than the rejected one (log odds
+    ratio > 0). Epoch means weight each batch by its rows, or by its pairs for the pair terms, so they equal
+    the means over all rows (pairs) of the epoch.
 
     Args:
         backbone: which model to load and how (dtype, LoRA, 4-bit, gradient checkpointing).
@@ -60,34 +72,34 @@ class ORPOReasoner(L.LightningModule):
         rejected = self.sequence_logprob(batch, "rejected")
         return orpo_loss(chosen, rejected, self.hparams.orpo_weight, batch["has_rejected"])
 
+    def log_terms(
+        self, stage: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> None:
+        """Log the loss and its terms under ``stage/``; pair terms weigh a batch by its pairs, not its rows."""
+        rows = batch["chosen_input_ids"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=rows)
+        self.log_dict({f"{stage}/{k}": v for k, v in terms.items() if k not in PAIR_TERMS}, batch_size=rows)
+        pairs = int(batch["has_rejected"].sum()) if "has_rejected" in batch else 0
+        if pairs:
+            self.log_dict({f"{stage}/{k}": v for k, v in terms.items() if k in PAIR_TERMS}, batch_size=pairs)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, terms = self.loss(batch)
-        size = batch["chosen_input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=size)
+        self.log_terms("train", loss, terms, batch)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, terms = self.loss(batch)
-        size = batch["chosen_input_ids"].shape[0]
-        self.log("val/loss", loss, prog_bar=True, batch_size=size)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=size)
+        self.log_terms("val", loss, terms, batch)
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+        return adamw_with_linear_warmup_decay(
+            (p for p in self.model.parameters() if p.requires_grad),
+            learning_rate=self.hparams.learning_rate,
+            weight_decay=self.hparams.weight_decay,
+            warmup_ratio=self.hparams.warmup_ratio,
+            total_steps=self.trainer.estimated_stepping_batches,
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_ratio * total)
-
-        def linear_warmup_decay(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def save_pretrained(self, path: str) -> None:
         """Save the backbone (and adapters) and tokenizer so transformers (or peft) loads them."""

@@ -1,0 +1,266 @@
+"""Preference pairs from scored trajectories (the loop's ``Pairs(V_t, D_t)``), and RFT's SFT-only data.
+
+The verifier scores every step of every sampled trajectory; a trajectory's reward is its mean step score,
+and for each question the trajectories whose rewards differ by at least a margin become ORPO pairs
+(chosen, rejected). RFT, the rejection-sampling baseline, instead fine-tunes on the correct samples alone.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sapo.data.preference import PreferencePair
+from sapo.data.trajectory import Trajectory
+
+__all__ = [
+    "PairStats",
+    "build_pairs",
+    "normalised_steps",
+    "pair_stats",
+    "rft_pairs",
+    "trajectory_reward",
+]
+
+#: how a pair's prompt is found: a function of the trajectory, a mapping from question id to prompt, or
+#: ``None`` for the trajectory's question text
+PromptSource = Callable[[Trajectory], str] | Mapping[str, str] | None
+
+#: slack on the margin test, so that rewards like 0.7 and 0.4 (a float difference of 0.29999999999999993)
+#: count as 0.3 apart
+MARGIN_TOLERANCE = 1e-9
+
+
+def trajectory_reward(scores: Sequence[float]) -> float:
+    """The reward of a trajectory, its mean step score: ``r(τ) = (1 / (n + 1)) * sum_{j=0..n} ĉ_j``.
+
+    ``ĉ_j = V(q, s_0..s_j)`` is the verifier's score of step ``j``; a trajectory without steps has no reward.
+    """
+    if len(scores) == 0:
+        raise ValueError("a trajectory without steps has no reward (the mean of no step scores)")
+    return math.fsum(scores) / len(scores)
+
+
+def normalised_steps(trajectory: Trajectory) -> tuple[str, ...]:
+    """The steps lower-cased with white space collapsed: two trajectories with equal keys are one solution."""
+    return tuple(" ".join(step.lower().split()) for step in trajectory.steps)
+
+
+def prompt_of(trajectory: Trajectory, prompt: PromptSource) -> str:
+    """The prompt of ``trajectory``'s question from a :data:`PromptSource`."""
+    if prompt is None:
+        return trajectory.question
+    if isinstance(prompt, Mapping):
+        if trajectory.question_id not in prompt:
+            raise KeyError(f"no prompt for question id {trajectory.question_id!r}")
+        return prompt[trajectory.question_id]
+    return prompt(trajectory)
+
+
+def check_pair_settings(margin: float, max_pairs_per_question: int) -> None:
+    """Raise ``ValueError`` naming the argument when the margin is outside [0, 1] or no pair is allowed."""
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not 0.0 <= margin <= 1.0:
+        raise ValueError(
+            f"margin must be a number in [0, 1] (rewards are mean step scores in [0, 1]), got {margin!r}"
+        )
+    if (
+        isinstance(max_pairs_per_question, bool)
+        or not isinstance(max_pairs_per_question, int)
+        or max_pairs_per_question < 1
+    ):
+        raise ValueError(f"max_pairs_per_question must be an integer >= 1, got {max_pairs_per_question!r}")
+
+
+def checked_rewards(trajectories: Sequence[Trajectory], scores: Sequence[Sequence[float]]) -> list[float]:
+    """Each trajectory's reward, after checking that its scores are one number in [0, 1] per step."""
+    if len(scores) != len(trajectories):
+        raise ValueError(
+            f"scores has {len(scores)} lists for {len(trajectories)} trajectories; give one list per trajectory"
+        )
+    rewards = []
+    for index, (trajectory, step_scores) in enumerate(zip(trajectories, scores, strict=True)):
+        where = f"trajectory {index} (question_id {trajectory.question_id!r})"
+        if len(step_scores) != trajectory.num_steps:
+            raise ValueError(f"{where}: {len(step_scores)} scores for {trajectory.num_steps} steps")
+        if trajectory.num_steps == 0:
+            raise ValueError(f"{where}: has no steps, so no reward; drop it before pairing")
+        for j, value in enumerate(step_scores):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{where}: score of step {j} must be a number in [0, 1], got {value!r}")
+        rewards.append(trajectory_reward(step_scores))
+    return rewards
+
+
+def candidate_pairs(
+    members: Sequence[int],
+    trajectories: Sequence[Trajectory],
+    rewards: Sequence[float],
+    margin: float,
+    require_correct_chosen: bool,
+) -> list[tuple[float, int, int]]:
+    """``(r_w - r_l, w, l)`` for every ordered pair of one question's trajectories that may be a pair.
+
+    A pair needs ``r_w - r_l >= margin`` and ``r_w > r_l`` (so a zero margin never pairs equal rewards both
+    ways), two different solutions (:func:`normalised_steps`), and, with ``require_correct_chosen``, a chosen
+    side whose outcome is True. Sorted by margin, largest first; ties by the input order of the chosen side,
+    then of the rejected side.
+    """
+    found = []
+    for w in members:
+        if require_correct_chosen and trajectories[w].outcome is not True:
+            continue
+        for lose in members:
+            gap = rewards[w] - rewards[lose]
+            if gap <= 0 or gap < margin - MARGIN_TOLERANCE:
+                continue
+            if normalised_steps(trajectories[w]) == normalised_steps(trajectories[lose]):
+                continue
+            found.append((gap, w, lose))
+    found.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return found
+
+
+def select_pairs(candidates: Sequence[tuple[float, int, int]], limit: int) -> list[tuple[float, int, int]]:
+    """Up to ``limit`` candidates, preferring trajectories not yet used on the same side.
+
+    Pass 1 walks the candidates in order (largest margin first) and takes one when its chosen trajectory is
+    not yet a chosen side and its rejected trajectory not yet a rejected side; pass 2 fills the remaining
+    places with the skipped candidates, in the same order. So the pairs are as varied as the margins allow,
+    and a question with one good and many bad samples still gets ``limit`` pairs.
+    """
+    chosen_used: set[int] = set()
+    rejected_used: set[int] = set()
+    taken, skipped = [], []
+    for candidate in candidates:
+        _, w, lose = candidate
+        if w in chosen_used or lose in rejected_used:
+            skipped.append(candidate)
+            continue
+        taken.append(candidate)
+        chosen_used.add(w)
+        rejected_used.add(lose)
+        if len(taken) == limit:
+            return taken
+    return taken + skipped[: limit - len(taken)]
+
+
+def build_pairs(
+    trajectories: Sequence[Trajectory],
+    scores: Sequence[Sequence[float]],
+    margin: float = 0.3,
+    max_pairs_per_question: int = 4,
+    require_correct_chosen: bool = True,
+    prompt: PromptSource = None,
+) -> list[PreferencePair]:
+    """ORPO pairs ``(τ_w, τ_l)`` per question with ``r(τ_w) - r(τ_l) >= margin``, largest margin first.
+
+    ``r`` is :func:`trajectory_reward`, the mean of the verifier's step scores (``scores[i]`` holds one score
+    in [0, 1] per step of ``trajectories[i]``). With ``require_correct_chosen`` (default) the chosen side
+    must have outcome True; off, any trajectory may be chosen (the paper's score-only rule). A pair also
+    needs a strictly higher chosen reward and two different solutions (:func:`candidate_pairs`).
+
+    Reuse rule: per question, a trajectory is on the chosen side of at most one pair and on the rejected
+    side of at most one pair while candidates with unused trajectories remain; only when those run out
+    before ``max_pairs_per_question`` are trajectories reused, again largest margin first
+    (:func:`select_pairs`). A trajectory can be chosen in one pair and rejected in another (a middling
+    sample beats a bad one and loses to a good one). Ties in margin go to the earlier chosen trajectory in
+    ``trajectories``, then to the earlier rejected one, so the result depends only on the inputs' order.
+
+    Args:
+        trajectories: sampled trajectories of any number of questions, with outcomes.
+        scores: the verifier's step scores, one list per trajectory, one value per step.
+        margin: the least reward difference η of a pair, in [0, 1] (0.3: the paper's value).
+        max_pairs_per_question: at most this many pairs per question (>= 1).
+        require_correct_chosen: the chosen side must be a correct answer.
+        prompt: the prompt the reasoner sees: a function of the trajectory, a mapping from question id to
+            prompt, or ``None`` for the trajectory's question text.
+
+    Returns:
+        The pairs, question by question in order of first appearance, each with its reward margin.
+
+    Raises:
+        ValueError: the margin is outside [0, 1], ``max_pairs_per_question < 1``, or the scores do not
+            match the trajectories (the message names the trajectory's index and question id).
+    """
+    check_pair_settings(margin, max_pairs_per_question)
+    rewards = checked_rewards(trajectories, scores)
+    by_question: dict[str, list[int]] = {}
+    for index, trajectory in enumerate(trajectories):
+        by_question.setdefault(trajectory.question_id, []).append(index)
+    pairs = []
+    for question_id, members in by_question.items():
+        candidates = candidate_pairs(members, trajectories, rewards, margin, require_correct_chosen)
+        for gap, w, lose in select_pairs(candidates, max_pairs_per_question):
+            pairs.append(
+                PreferencePair(
+                    question_id=question_id,
+                    prompt=prompt_of(trajectories[w], prompt),
+                    chosen=list(trajectories[w].steps),
+                    rejected=list(trajectories[lose].steps),
+                    margin=gap,
+                )
+            )
+    return pairs
+
+
+@dataclass
+class PairStats:
+    """What pairing produced, for the loop's report.
+
+    Attributes:
+        questions: distinct questions among the trajectories.
+        pairs: pairs built.
+        questions_without_pair: questions that gave no pair (no sample good enough, or all alike).
+        mean_margin: mean reward margin of the pairs (``None`` when there is none).
+    """
+
+    questions: int
+    pairs: int
+    questions_without_pair: int
+    mean_margin: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pair_stats(trajectories: Sequence[Trajectory], pairs: Sequence[PreferencePair]) -> PairStats:
+    """Summarise ``pairs`` built from ``trajectories``; ``mean_margin = (1/|P|) * sum_p margin_p``."""
+    questions = {t.question_id for t in trajectories}
+    paired = {p.question_id for p in pairs}
+    margins = [p.margin for p in pairs if p.margin is not None]
+    return PairStats(
+        questions=len(questions),
+        pairs=len(pairs),
+        questions_without_pair=len(questions - paired),
+        mean_margin=math.fsum(margins) / len(margins) if margins else None,
+    )
+
+
+def rft_pairs(
+    trajectories: Sequence[Trajectory],
+    prompt: PromptSource = None,
+    dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
+) -> list[PreferencePair]:
+    """RFT's data: one SFT pair (no rejected side) per distinct correct trajectory of each question.
+
+    Keeps trajectories whose outcome is True; of those with equal ``(question_id, dedup_key(τ))`` the first
+    is kept. ``dedup_key`` defaults to the normalised steps; a task's ``dedup_key`` (equations for math,
+    normalised source for code) can be passed instead. Which trajectories count (self-sampled only, or with
+    the gold solutions) is the caller's choice: pass the ones to train on.
+    """
+    seen: set[tuple[str, Hashable]] = set()
+    pairs = []
+    for trajectory in trajectories:
+        if trajectory.outcome is not True:
+            continue
+        key = (trajectory.question_id, dedup_key(trajectory))
+        if key in seen:
+            continue
+        seen.add(key)
+        pairs.append(
+            PreferencePair(trajectory.question_id, prompt_of(trajectory, prompt), list(trajectory.steps))
+        )
+    return pairs

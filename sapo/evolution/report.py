@@ -1,0 +1,135 @@
+"""The run's report: a markdown summary of every iteration, with PNG plots, rewritten after each one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sapo.evolution.run_directory import RunDirectory
+
+__all__ = ["write_report"]
+
+
+def _fmt(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "–"
+    if percent:
+        return f"{100 * value:.1f}%"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> None:
+    """Write ``report.md`` (and ``accuracy.png``, ``verifier_f1.png``, ``label_cost.png``) in the run dir."""
+    phases = run.manifest["phases"]
+    lines = [
+        f"# Run report: {run.path}",
+        "",
+        "Iteration 0 is the SFT start (M0, with the first verifier V0 trained on binary-search labels);",
+        "iteration t evaluates the reasoner after ORPO round t and the verifier V_t of that round.",
+        "",
+        "| iteration | held-out accuracy | vs SFT | verifier F1 | error acc. | correct acc. "
+        "| self-verification error | label completions (cumulative) | label tokens (cumulative) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    start = iterations[0].get("heldout_accuracy") if iterations else None
+    for m in iterations:
+        acc = m.get("heldout_accuracy")
+        delta = None if acc is None or start is None else acc - start
+        cost = m.get("label_cost") or {}
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(m["iteration"]),
+                    _fmt(acc, percent=True),
+                    "–" if delta is None else f"{100 * delta:+.1f} pts",
+                    _fmt(m.get("verifier_f1")),
+                    _fmt(m.get("verifier_error_accuracy")),
+                    _fmt(m.get("verifier_correct_accuracy")),
+                    _fmt(m.get("self_verification_error"), percent=True),
+                    _fmt(cost.get("completions")),
+                    _fmt(cost.get("generated_tokens")),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "## Labelling, per phase",
+        "",
+        "| phase | strategy | labelled | expanded | dropped | completions | generated tokens | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    label_rows = []
+    for name, entry in phases.items():
+        if not name.startswith("labels_") or "cost" not in entry:
+            continue
+        cost = entry["cost"]
+        label_rows.append((name, entry.get("strategy", "?"), entry, cost))
+        lines.append(
+            f"| {name} | {entry.get('strategy', '?')} | {entry.get('labelled')} | {entry.get('expanded')} "
+            f"| {entry.get('dropped')} | {cost.get('completions')} | {cost.get('generated_tokens')} "
+            f"| {cost.get('seconds', 0):.1f} |"
+        )
+    lines += ["", "## Phases", "", "| phase | summary |", "|---|---|"]
+    for name, entry in phases.items():
+        brief = {
+            k: v
+            for k, v in entry.items()
+            if k not in ("finished_at", "cost", "label_cost") and not isinstance(v, dict)
+        }
+        lines.append(f"| {name} | {', '.join(f'{k}={_fmt(v)}' for k, v in brief.items())} |")
+    plots = _plots(run, iterations, label_rows)
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{title}]({file})" for title, file in plots]
+    (run.path / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _plots(
+    run: RunDirectory, iterations: Sequence[dict[str, Any]], label_rows: list
+) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    xs = [m["iteration"] for m in iterations]
+    for key, title, file in (
+        ("heldout_accuracy", "held-out accuracy (greedy)", "accuracy.png"),
+        ("verifier_f1", "verifier F1 (ProcessBench protocol, oracle labels)", "verifier_f1.png"),
+    ):
+        points = [(x, m.get(key)) for x, m in zip(xs, iterations, strict=True) if m.get(key) is not None]
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        if key == "heldout_accuracy":
+            ax.axhline(points[0][1], color="grey", linestyle="--", linewidth=1, label="SFT start")
+            ax.legend(loc="lower right")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(xs)
+        fig.tight_layout()
+        fig.savefig(run.path / file, dpi=100)
+        plt.close(fig)
+        made.append((title, file))
+    if label_rows:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        names = [f"{r[0]}\n{r[1]}" for r in label_rows]
+        per_trajectory = [
+            r[3].get("generated_tokens", 0) / max(1, (r[2].get("labelled") or 0) + (r[2].get("dropped") or 0))
+            for r in label_rows
+        ]
+        ax.bar(names, per_trajectory)
+        ax.set_ylabel("generated tokens per labelled trajectory")
+        ax.set_title("label cost per phase and strategy", fontsize=10)
+        ax.tick_params(axis="x", labelsize=7)
+        fig.tight_layout()
+        fig.savefig(run.path / "label_cost.png", dpi=100)
+        plt.close(fig)
+        made.append(("label cost per phase and strategy", "label_cost.png"))
+    return made

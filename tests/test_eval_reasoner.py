@@ -1,0 +1,249 @@
+"""Reasoner evaluation: files written, every number recomputable from the items file.
+
+Two reasoners: the tiny random Llama (real generation end to end), and the same Llama whose logits are
+overwritten so that it writes a chosen text for each sample of each question (known answers: right, wrong,
+right only by the strict or only by the flexible rule, a passing or a failing program).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from transformers.models.llama import LlamaForCausalLM
+
+from sapo.data.tasks.arithmetic import ArithmeticTask
+from sapo.data.tasks.gsm8k import GSM8KTask
+from sapo.data.tasks.mbpp import MBPPTask
+from sapo.eval.pass_at_k import mean_pass_at_k
+from sapo.eval.reasoner import evaluate_reasoner
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model is faster on one thread, above all on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class WrittenReasoner(LlamaForCausalLM):
+    """Writes ``plan(prompt)[j]`` and then EOS for the ``j``-th row it is asked to complete with that prompt,
+    whatever the sampling settings (every logit but the chosen token's is -1e9). Rows are planned when
+    ``generate`` receives them; forward passes outside ``generate`` (a shared prefill) only fill the cache."""
+
+    def setup(self, tokenizer, plan):
+        self.tokenizer, self.plan, self.seen, self.generating = tokenizer, plan, Counter(), False
+        return self
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        self.rows = []
+        for ids, keep in zip(input_ids, mask, strict=True):
+            prompt = self.tokenizer.decode(ids[keep.bool()].tolist())
+            written = self.plan(prompt)[self.seen[prompt]]
+            self.seen[prompt] += 1
+            self.rows.append(
+                [*self.tokenizer(written, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
+            )
+        self.step, self.generating = 0, True
+        try:
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            self.generating = False
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if not self.generating:
+            return out
+        logits = torch.full_like(out.logits[:, -1:], -1e9)
+        for r, ids in enumerate(self.rows):
+            logits[r, 0, ids[min(self.step, len(ids) - 1)]] = 0.0
+        self.step += 1
+        out.logits = logits
+        return out
+
+
+def written_reasoner(tiny_model_and_tokenizer, plans):
+    """A reasoner that writes ``plans[question text][j]`` as the ``j``-th sample of that question."""
+    model, tokenizer = tiny_model_and_tokenizer
+    reasoner = WrittenReasoner(model.config)
+    reasoner.generation_config = model.generation_config
+
+    def plan(prompt_text):
+        found = [plan for question, plan in plans.items() if question in prompt_text]
+        assert len(found) == 1, "every prompt shows one planned question"
+        return found[0]
+
+    return reasoner.eval().setup(tokenizer, plan), tokenizer
+
+
+def math_completion(kind, question):
+    """A completion of ``kind`` for a math question with a gold solution and answer."""
+    answer = question.answer
+    return {
+        "right": question.solution,
+        "wrong": f"1 + 1 = 2\nThe answer is {int(answer) + 1}.\n",
+        "flexible_only": f"So the total is {answer}\n",  # no answer statement: only the last number is right
+        "strict_only": f"The answer is {answer}. Check: 0.5 apples.\n",  # the last number is wrong
+    }[kind]
+
+
+def read_items(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_accuracy_and_pass_at_k_are_the_items_files_numbers(tmp_path, tiny_model_and_tokenizer):
+    task = ArithmeticTask(split="test", num_questions=4, seed=5, min_steps=2, max_steps=3)
+    questions = task.load()
+    kinds = [
+        ["wrong", "wrong", "wrong", "wrong"],  # 0 right
+        ["wrong", "flexible_only", "wrong", "wrong"],  # 1 right
+        ["right", "strict_only", "right", "wrong"],  # 3 right
+        ["right", "right", "right", "right"],  # 4 right
+    ]
+    plans = {q.question: [math_completion(k, q) for k in ks] for q, ks in zip(questions, kinds, strict=True)}
+    model, tokenizer = written_reasoner(tiny_model_and_tokenizer, plans)
+    result = evaluate_reasoner(
+        model,
+        tokenizer,
+        task,
+        num_samples=4,
+        temperature=1.0,
+        ks=(1, 2, 4),
+        max_new_tokens=64,
+        out_dir=tmp_path,
+    )
+    items = read_items(tmp_path / "arithmetic_items.jsonl")
+    assert [item["question_id"] for item in items] == [q.id for q in questions]
+    assert [item["samples"] for item in items] == [plans[q.question] for q in questions]
+    assert [item["correct"] for item in items] == [[k != "wrong" for k in ks] for ks in kinds]
+    assert [item["num_correct"] for item in items] == [0, 1, 3, 4]
+    assert items[2]["answers"] == [questions[2].answer] * 3 + [str(int(questions[2].answer) + 1)]
+    flags = [flag for item in items for flag in item["correct"]]
+    assert result.accuracy == sum(flags) / len(flags) == 0.5
+    # pass@2 = mean of 1 − C(4 − c, 2)/6 over c = 0, 1, 3, 4 = (0 + 1/2 + 1 + 1)/4; pass@4 = 3/4
+    assert result.pass_at_k == pytest.approx({1: 0.5, 2: 0.625, 4: 0.75})
+    assert result.pass_at_k == pytest.approx(
+        mean_pass_at_k(4, [item["num_correct"] for item in items], (1, 2, 4))
+    )
+    # strict: "flexible_only" is wrong; flexible: "strict_only" is wrong (its last number is 0.5)
+    assert items[1]["strict_correct"] == [False] * 4 and items[1]["flexible_correct"] == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    assert items[2]["strict_correct"] == [True, True, True, False]
+    assert items[2]["flexible_correct"] == [True, False, True, False]
+    assert result.strict_accuracy == 7 / 16 and result.flexible_accuracy == 7 / 16
+    summary = json.loads((tmp_path / "arithmetic_summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary()))
+    assert (
+        summary["pass_at_k"]["2"] == pytest.approx(0.625)
+        and summary["items_path"] == "arithmetic_items.jsonl"
+    )
+    assert summary["settings"]["temperature"] == 1.0 and summary["num_samples"] == 4
+    assert sum(summary["finish_reasons"].values()) == 16
+
+
+def test_gsm8k_reports_strict_and_flexible_accuracy(tmp_path, tiny_model_and_tokenizer):
+    source = tmp_path / "test.jsonl"
+    rows = [
+        {
+            "question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
+            "answer": "3+4=<<3+4=7>>7\n#### 7",
+        },
+        {
+            "question": "A box holds 6 eggs. How many eggs are in 2 boxes?",
+            "answer": "6*2=<<6*2=12>>12\n#### 12",
+        },
+    ]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = GSM8KTask(source=str(source))
+    first, second = task.load()
+    plans = {
+        first.question: [math_completion("flexible_only", first), math_completion("strict_only", first)],
+        second.question: [math_completion("right", second), math_completion("wrong", second)],
+    }
+    model, tokenizer = written_reasoner(tiny_model_and_tokenizer, plans)
+    result = evaluate_reasoner(
+        model, tokenizer, task, num_samples=2, temperature=1.0, ks=(1, 2), out_dir=tmp_path
+    )
+    assert result.accuracy == 0.75  # both samples of the first question are right by the outcome's rule
+    assert result.strict_accuracy == 0.5 and result.flexible_accuracy == 0.5
+    assert result.pass_at_k == {1: 0.75, 2: 1.0}
+    items = read_items(tmp_path / "gsm8k_items.jsonl")
+    assert items[0]["strict_answers"] == [None, "7"] and items[0]["flexible_answers"] == ["7", "0.5"]
+
+
+def test_code_tasks_are_checked_in_the_sandbox(tmp_path, tiny_model_and_tokenizer):
+    source = tmp_path / "mbpp.jsonl"
+    rows = [
+        {"task_id": 601, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",
+         "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"], "test_setup_code": "", "challenge_test_list": []},
+        {"task_id": 602, "text": "Write a function to double a number.", "code": "def double(x):\n    return 2 * x",
+         "test_list": ["assert double(2) == 4"], "test_setup_code": "", "challenge_test_list": []},
+    ]  # fmt: skip
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = MBPPTask(source=str(source), split="train", timeout=20.0)
+    add, double = task.load()
+    plans = {
+        add.question: ["```python\ndef add(a, b):\n    return a + b\n```\n"],
+        double.question: ["```python\ndef double(x):\n    return x + 1\n```\n"],  # double(2) == 3: fails
+    }
+    model, tokenizer = written_reasoner(tiny_model_and_tokenizer, plans)
+    result = evaluate_reasoner(model, tokenizer, task, max_new_tokens=64, out_dir=tmp_path)
+    items = read_items(tmp_path / "mbpp_items.jsonl")
+    assert [item["correct"] for item in items] == [[True], [False]]
+    assert result.accuracy == result.pass_at_k[1] == 0.5
+    assert result.strict_accuracy is None and result.flexible_accuracy is None
+    assert items[0]["checks"][0]["kind"] == "passed" and items[1]["checks"][0]["kind"] != "passed"
+    assert items[0]["answers"] == ["def add(a, b):\n    return a + b\n"]
+
+
+def test_tiny_random_model_end_to_end(tmp_path, tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    task = ArithmeticTask(split="test", num_questions=3, seed=1, max_steps=3)
+    greedy = evaluate_reasoner(
+        model, tokenizer, task, max_new_tokens=12, batch_size=2, out_dir=tmp_path / "greedy"
+    )
+    items = read_items(tmp_path / "greedy" / "arithmetic_items.jsonl")
+    assert len(items) == 3 and all(len(item["samples"]) == 1 for item in items)
+    flags = [flag for item in items for flag in item["correct"]]
+    assert greedy.accuracy == sum(flags) / len(flags) and greedy.pass_at_k[1] == greedy.accuracy
+    assert greedy.generated_tokens == sum(n for item in items for n in item["generated_tokens"])
+    assert all(0 < n <= 12 for item in items for n in item["generated_tokens"])
+    assert (tmp_path / "greedy" / "arithmetic_summary.json").is_file()
+
+    def sampled(folder):
+        return evaluate_reasoner(
+            model,
+            tokenizer,
+            task,
+            num_samples=3,
+            temperature=1.0,
+            ks=(1, 3),
+            max_new_tokens=12,
+            seed=7,
+            out_dir=folder,
+        )
+
+    first, again = sampled(tmp_path / "a"), sampled(tmp_path / "b")
+    items = read_items(tmp_path / "a" / "arithmetic_items.jsonl")
+    assert items == read_items(tmp_path / "b" / "arithmetic_items.jsonl")  # the seed fixes the samples
+    assert len({s for item in items for s in item["samples"]}) > 3  # sampled, not greedy
+    counts = [item["num_correct"] for item in items]
+    assert first.pass_at_k == again.pass_at_k == pytest.approx(mean_pass_at_k(3, counts, (1, 3)))
+    flags = [flag for item in items for flag in item["correct"]]
+    assert first.accuracy == sum(flags) / len(flags)
+
+
+def test_pass_at_k_needs_enough_samples(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    task = ArithmeticTask(split="test", num_questions=1)
+    with pytest.raises(ValueError, match="1 <= k <= num_samples"):
+        evaluate_reasoner(model, tokenizer, task, num_samples=2, temperature=1.0, ks=(1, 4))

@@ -1,0 +1,220 @@
+"""The self-evolution loop behind `sapo fit`: the smoke recipe end to end, killed and resumed; every ablation
+overlay; configs refused before any work; the run directory's manifest."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sapo.cli import SapoCLI
+from sapo.evolution import RunDirectory, RunMismatchError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SAPO = str(Path(sys.executable).parent / "sapo")
+
+pytestmark = pytest.mark.slow
+
+
+def _command(run_dir: Path, cache: str, *extra: str) -> list[str]:
+    return [
+        SAPO,
+        "fit",
+        "--config",
+        str(CONFIGS / "smoke.yaml"),
+        *extra,
+        "--model.init_args.run_dir",
+        str(run_dir),
+        "--model.init_args.reasoner.cache_dir",
+        cache,
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _run_until(command: list[str], cwd: Path, run_dir: Path, until, timeout: float = 300) -> str:
+    """Start the command and SIGKILL its process group as soon as ``until(events)`` holds; return why it
+    ended ("killed", "finished", or "failed" with the end of its output)."""
+    log = (cwd / "output.log").open("w")
+    process = subprocess.Popen(
+        command, cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            if until(_events(run_dir)):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return "killed"
+            time.sleep(0.005)
+        assert process.poll() is not None, "the run did not end in time"
+        if process.returncode != 0:
+            return "failed: " + (cwd / "output.log").read_text()[-3000:]
+        return "finished"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _chunk_finished(phase: str):
+    return lambda events: any(e["event"] == "finish" and e["phase"] == phase and "chunk" in e for e in events)
+
+
+def _phase_started(phase: str, after: float = 0.0):
+    def until(events):
+        starts = [e for e in events if e["event"] == "start" and e["phase"] == phase]
+        return bool(starts) and time.time() - starts[0]["time"] >= after
+
+    return until
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, sapo_cache_dir):
+    """The smoke loop killed during sampling, during labelling and during training, then run to the end."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    run_dir = cwd / "runs" / "smoke"
+    command = _command(run_dir, sapo_cache_dir, "--data.init_args.chunk_size", "1")
+    kills = []
+    for until in (_chunk_finished("samples_1"), _chunk_finished("labels_1"), _phase_started("orpo_1", 0.5)):
+        kills.append(_run_until(command, cwd, run_dir, until))
+        kills.append(json.loads((run_dir / "manifest.json").read_text())["phases"].keys())
+    kills.append(_run_until(command, cwd, run_dir, lambda events: False))
+    return cwd, run_dir, kills
+
+
+def test_killed_runs_resume_and_nothing_finished_is_done_twice(resumed_run):
+    _, run_dir, kills = resumed_run
+    outcomes, finished_at_kill = kills[0::2], kills[1::2]
+    assert outcomes == ["killed", "killed", "killed", "finished"]
+    # each kill came inside the phase it aimed at: that phase was not finished when the process died
+    for phase, finished in zip(("samples_1", "labels_1", "orpo_1"), finished_at_kill, strict=True):
+        assert phase not in finished
+    events = _events(run_dir)
+    finishes = Counter((e["phase"], e.get("chunk")) for e in events if e["event"] == "finish")
+    assert finishes and max(finishes.values()) == 1, [k for k, n in finishes.items() if n > 1]
+    # the interrupted phases had finished chunks before the kill, and the rerun did not redo them
+    assert finishes[("samples_1", 0)] == 1 and finishes[("labels_1", 0)] == 1
+    restarted = Counter(e["phase"] for e in events if e["event"] == "start" and "chunk" not in e)
+    assert restarted["orpo_1"] == 2 and restarted["sft"] == 1  # the killed training phase ran again, alone
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    expected = ["sft", "samples_0", "labels_0", "verifier_0", "eval_0"] + [
+        f"{p}_{t}" for t in (1, 2) for p in ("samples", "labels", "verifier", "pairs", "orpo", "eval")
+    ]
+    assert list(manifest["phases"]) == expected
+
+
+def test_the_run_directory_holds_every_phase_and_a_report(resumed_run):
+    cwd, run_dir, _ = resumed_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())["phases"]
+    samples = [json.loads(line) for line in (run_dir / "samples_1.jsonl").read_text().splitlines()]
+    assert len(samples) == manifest["samples_1"]["trajectories"] > 0
+    assert sum(s["outcome"] for s in samples) == manifest["samples_1"]["correct"]
+    labels = [json.loads(line) for line in (run_dir / "labels_1.jsonl").read_text().splitlines()]
+    assert labels and all(len(t["labels"]) == len(t["steps"]) for t in labels)
+    assert manifest["labels_1"]["strategy"] == "FirstErrorSupervision"
+    assert manifest["labels_0"]["strategy"] == "BinarySearchSupervision"
+    pairs = [json.loads(line) for line in (run_dir / "pairs_1.jsonl").read_text().splitlines()]
+    assert len(pairs) == manifest["pairs_1"]["pairs"]
+    for name in ("sft/reasoner", "iteration_1/reasoner", "iteration_2/reasoner", "verifier_2"):
+        assert (run_dir / name / "config.json").is_file(), name
+    report = (run_dir / "report.md").read_text()
+    for t in (0, 1, 2):
+        assert f"\n| {t} | " in report
+        accuracy = manifest[f"eval_{t}"]["heldout_accuracy"]
+        assert 0 <= accuracy <= 1
+        heldout = [json.loads(line) for line in (run_dir / f"heldout_{t}.jsonl").read_text().splitlines()]
+        assert len(heldout) == 8 and accuracy == sum(h["outcome"] for h in heldout) / 8
+    for png in ("accuracy.png", "verifier_f1.png", "label_cost.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
+    rows = [  # one logger version per process: the killed runs logged the iterations they finished
+        row
+        for path in sorted((cwd / "runs" / "smoke" / "logs").glob("version_*/metrics.csv"))
+        for row in csv.DictReader(path.open())
+    ]
+    logged = sorted((r for r in rows if r.get("iteration/heldout_accuracy")), key=lambda r: int(r["step"]))
+    assert [int(r["step"]) for r in logged] == [0, 1, 2]
+    assert float(logged[-1]["iteration/heldout_accuracy"]) == manifest["eval_2"]["heldout_accuracy"]
+
+
+OVERLAYS = sorted(p.name for p in (CONFIGS / "ablations").glob("*.yaml")) + ["../sipf.yaml"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_dir):
+    run_dir = tmp_path / "run"
+    config = yaml.safe_load((CONFIGS / "ablations" / overlay).read_text())
+    smaller = ["--model.init_args.iterations", str(min(1, config["model"]["init_args"].get("iterations", 1)))]
+    for key in ("initial_strategy", "strategy"):  # keep the smoke run small: 2 completions per estimate
+        strategy = config.get("data", {}).get("init_args", {}).get(key)
+        if strategy and "k" in strategy.get("init_args", {}):
+            smaller += [f"--data.init_args.{key}.init_args.k", "2"]
+    command = _command(run_dir, sapo_cache_dir, "--config", str(CONFIGS / "ablations" / overlay), *smaller)
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
+    strategy = config.get("data", {}).get("init_args", {}).get("strategy", {}).get("class_path")
+    if config.get("data", {}).get("init_args", {}).get("pair_source") == "rft":
+        assert "labels_1" not in phases and "verifier_1" not in phases and "orpo_1" in phases
+    elif config["model"]["init_args"].get("iterations") == 0:
+        assert "eval_0" in phases and not any(p.endswith("_1") for p in phases)
+    else:
+        assert phases["labels_1"]["strategy"] == (strategy or "x.FirstErrorSupervision").rsplit(".", 1)[1]
+        if "no_expansion" in overlay:
+            assert phases["labels_1"]["expanded"] == 0
+    assert (run_dir / "report.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--data.init_args.marginn", "0.3"], "marginn"),
+        (["--model.init_args.iterations", "two"], "iterations"),
+        (["--data.init_args.strategy.init_args.k", "-1"], "k must be at least 1"),
+        (["--data.init_args.margin", "1.5"], "data.margin"),
+        (["--data.init_args.strategy.class_path", "sapo.supervision.NoSuchSupervision"], "NoSuchSupervision"),
+        (["--model.init_args.orpo_init", "scratch"], "orpo_init"),
+    ],
+)
+def test_a_bad_loop_config_fails_before_any_work(override, message, tmp_path, capsys):
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "smoke.yaml"),
+        "--model.init_args.run_dir",
+        str(tmp_path / "run"),
+    ]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            SapoCLI(args=args + override)
+        code, err = exit_info.value.code, capsys.readouterr().err
+    except ValueError as error:  # a constructor's own check, raised while instantiating
+        code, err = 1, str(error)
+    assert code != 0
+    assert message in err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_a_run_directory_refuses_other_settings(tmp_path):
+    run = RunDirectory(tmp_path, {"model": {"iterations": 2}, "data": {"margin": 0.3}})
+    run.finish("sft", reasoner="x")
+    assert RunDirectory(tmp_path, {"model": {"iterations": 2}, "data": {"margin": 0.3}}).done("sft")
+    with pytest.raises(RunMismatchError, match="data.margin"):
+        RunDirectory(tmp_path, {"model": {"iterations": 2}, "data": {"margin": 0.5}})

@@ -1,0 +1,165 @@
+"""Preference pairs from step scores: the reward, the margin rule, the reuse rule, validation, RFT data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sapo.data.pairs import build_pairs, pair_stats, rft_pairs, trajectory_reward
+from sapo.data.trajectory import Trajectory
+
+
+def _trajectory(question_id: str, name: str, steps: int = 2, outcome: bool | None = False) -> Trajectory:
+    """A trajectory whose steps spell its name, so pairs are easy to read back."""
+    return Trajectory(
+        question_id, f"question {question_id}", [f"{name} step {j}" for j in range(steps)], outcome=outcome
+    )
+
+
+def _names(pairs) -> list[tuple[str, str]]:
+    return [(p.chosen[0].split()[0], p.rejected[0].split()[0]) for p in pairs]
+
+
+def test_reward_is_the_mean_step_score():
+    assert trajectory_reward([1.0, 0.5, 0.0, 0.5]) == pytest.approx(0.5)
+    assert trajectory_reward([0.2]) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="without steps"):
+        trajectory_reward([])
+
+
+def test_pairs_need_the_margin_and_a_correct_chosen_side():
+    trajectories = [_trajectory("q", "A", outcome=True), _trajectory("q", "B"), _trajectory("q", "C")]
+    scores = [[1.0, 1.0], [0.75, 0.25], [0.0, 0.0]]  # rewards 1, 0.5, 0
+    pairs = build_pairs(trajectories, scores, margin=0.3)
+    assert _names(pairs) == [("A", "C"), ("A", "B")]
+    assert [p.margin for p in pairs] == [1.0, 0.5]
+    assert all(p.question_id == "q" and p.prompt == "question q" for p in pairs)
+    # the paper's score-only rule: B (wrong, reward 0.5) may be chosen against C too
+    score_only = build_pairs(trajectories, scores, margin=0.3, require_correct_chosen=False)
+    assert _names(score_only) == [("A", "C"), ("A", "B"), ("B", "C")]
+    assert _names(build_pairs(trajectories, scores, margin=0.6)) == [("A", "C")]
+    assert build_pairs(trajectories, scores, margin=1.0, max_pairs_per_question=1)[0].margin == 1.0
+
+
+def test_fresh_trajectories_come_before_reused_ones():
+    trajectories = [
+        _trajectory("q", "A", outcome=True),
+        _trajectory("q", "B", outcome=True),
+        _trajectory("q", "C"),
+        _trajectory("q", "D"),
+    ]
+    scores = [[1.0], [0.75], [0.25], [0.0]]
+    for t in trajectories:
+        t.steps = t.steps[:1]
+    # by margin alone: (A,D) 1.0, (A,C) 0.75, (B,D) 0.75, (B,C) 0.5; (A,B) is only 0.25 apart
+    assert _names(build_pairs(trajectories, scores, max_pairs_per_question=2)) == [("A", "D"), ("B", "C")]
+    assert _names(build_pairs(trajectories, scores, max_pairs_per_question=4)) == [
+        ("A", "D"),
+        ("B", "C"),
+        ("A", "C"),
+        ("B", "D"),
+    ]
+    # one correct sample among wrong ones still gives max_pairs_per_question pairs, worst rejected first
+    one_good = [_trajectory("q", n, 1, outcome=n == "A") for n in "ABCDEF"]
+    pairs = build_pairs(one_good, [[1.0], [0.5], [0.0], [0.25], [0.125], [0.0]], max_pairs_per_question=3)
+    assert _names(pairs) == [("A", "C"), ("A", "F"), ("A", "E")]
+
+
+def test_margin_test_tolerates_float_rounding_and_never_pairs_equal_rewards():
+    trajectories = [_trajectory("q", "A", 1, outcome=True), _trajectory("q", "B", 1, outcome=True)]
+    assert 0.7 - 0.4 < 0.3  # the float difference falls short of the margin it stands for
+    assert len(build_pairs(trajectories, [[0.7], [0.4]], margin=0.3)) == 1
+    assert build_pairs(trajectories, [[0.5], [0.5]], margin=0.0) == []
+    assert _names(build_pairs(trajectories, [[0.5], [0.25]], margin=0.0)) == [("A", "B")]
+
+
+def test_questions_are_paired_separately_and_summarised():
+    trajectories = [
+        _trajectory("q1", "A", outcome=True),
+        _trajectory("q2", "B", outcome=True),
+        _trajectory("q1", "C"),
+        _trajectory("q2", "D"),
+        _trajectory("q3", "E"),
+        _trajectory("q3", "F"),
+    ]
+    scores = [[1.0, 1.0], [0.5, 0.5], [0.0, 0.5], [0.5, 0.375], [1.0, 1.0], [0.0, 0.0]]
+    pairs = build_pairs(trajectories, scores)
+    assert _names(pairs) == [("A", "C")]  # q2 is 0.0625 apart; q3 has no correct answer
+    stats = pair_stats(trajectories, pairs)
+    assert (stats.questions, stats.pairs, stats.questions_without_pair) == (3, 1, 2)
+    assert stats.mean_margin == pytest.approx(0.75)
+    assert stats.to_dict()["questions"] == 3
+    empty = pair_stats(trajectories, [])
+    assert empty.mean_margin is None and empty.questions_without_pair == 3
+
+
+def test_equal_solutions_are_never_a_pair():
+    same = [
+        Trajectory("q", "question", ["x = 1", "The answer is 1"], outcome=True),
+        Trajectory("q", "question", ["X = 1", "The  answer is 1"], outcome=True),
+    ]
+    assert build_pairs(same, [[1.0, 1.0], [0.0, 0.0]]) == []
+
+
+def test_prompts_come_from_a_function_a_mapping_or_the_question():
+    trajectories = [_trajectory("q", "A", outcome=True), _trajectory("q", "B")]
+    scores = [[1.0, 1.0], [0.0, 0.0]]
+    assert build_pairs(trajectories, scores)[0].prompt == "question q"
+    assert build_pairs(trajectories, scores, prompt={"q": "<prompt>"})[0].prompt == "<prompt>"
+    assert build_pairs(trajectories, scores, prompt=lambda t: t.question.upper())[0].prompt == "QUESTION Q"
+    with pytest.raises(KeyError, match="'q'"):
+        build_pairs(trajectories, scores, prompt={"other": "p"})
+
+
+@pytest.mark.parametrize("margin", [1.5, -0.1, math.nan, True])
+def test_impossible_margins_are_refused(margin):
+    trajectories = [_trajectory("q", "A", outcome=True)]
+    with pytest.raises(ValueError, match="margin"):
+        build_pairs(trajectories, [[1.0, 1.0]], margin=margin)
+
+
+def test_other_bad_inputs_name_what_is_wrong():
+    trajectories = [_trajectory("q0", "A", outcome=True), _trajectory("q1", "B", steps=3)]
+    with pytest.raises(ValueError, match="max_pairs_per_question"):
+        build_pairs(trajectories, [[1.0, 1.0], [0.0, 0.0, 0.0]], max_pairs_per_question=0)
+    with pytest.raises(ValueError, match="1 lists for 2 trajectories"):
+        build_pairs(trajectories, [[1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"trajectory 1 \(question_id 'q1'\): 2 scores for 3 steps"):
+        build_pairs(trajectories, [[1.0, 1.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"trajectory 0 \(question_id 'q0'\): score of step 1"):
+        build_pairs(trajectories, [[1.0, 1.2], [0.0, 0.0, 0.0]])
+    empty = Trajectory("q2", "question", [], outcome=True)
+    with pytest.raises(ValueError, match=r"trajectory 0 \(question_id 'q2'\): has no steps"):
+        build_pairs([empty], [[]])
+
+
+def test_pairs_do_not_depend_on_other_questions_or_on_repeated_calls():
+    group = [_trajectory("q", n, 1, outcome=n in "AB") for n in "ABCD"]
+    scores = [[1.0], [1.0], [0.0], [0.0]]  # every margin ties: input order decides
+    alone = build_pairs(group, scores)
+    assert _names(alone) == [("A", "C"), ("B", "D"), ("A", "D"), ("B", "C")]
+    mixed = [group[0], _trajectory("x", "X", 1), group[1], group[2], _trajectory("x", "Y", 1), group[3]]
+    mixed_scores = [[1.0], [0.5], [1.0], [0.0], [0.0], [0.0]]
+    assert _names(build_pairs(mixed, mixed_scores)) == _names(alone)
+    assert build_pairs(group, scores) == alone
+
+
+def test_rft_pairs_are_distinct_correct_solutions_without_rejected_side():
+    trajectories = [
+        Trajectory("q1", "one", ["x = 1", "The answer is 1"], outcome=True),
+        Trajectory("q1", "one", ["X = 1", "the answer is  1"], outcome=True),  # the same solution
+        Trajectory("q1", "one", ["x = 2", "The answer is 2"], outcome=False),
+        Trajectory("q1", "one", ["y = 1", "The answer is 1"], outcome=True),
+        Trajectory("q2", "two", ["x = 1", "The answer is 1"], outcome=True),  # same text, other question
+        Trajectory("q2", "two", ["z = 3"], outcome=None),  # unchecked: not trained on
+    ]
+    pairs = rft_pairs(trajectories, prompt={"q1": "P1", "q2": "P2"})
+    assert [(p.question_id, p.prompt, p.chosen) for p in pairs] == [
+        ("q1", "P1", ["x = 1", "The answer is 1"]),
+        ("q1", "P1", ["y = 1", "The answer is 1"]),
+        ("q2", "P2", ["x = 1", "The answer is 1"]),
+    ]
+    assert all(p.rejected is None and p.margin is None for p in pairs)
+    by_answer = rft_pairs(trajectories, dedup_key=lambda t: " ".join(t.steps[-1].lower().split()))
+    assert len(by_answer) == 2

@@ -1,0 +1,205 @@
+"""ORPOReasoner on the tiny random model: its loss against a float64 hand computation, and what it logs."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from sapo.data.preference import IGNORE_INDEX, PairCollator, PreferencePair
+from sapo.models import TINY_RANDOM, BackboneSpec
+from sapo.models.reasoner import ORPOReasoner
+
+#: the token the crafted model is almost sure of (any id of the vocabulary will do)
+SURE_TOKEN = 1000
+
+
+@pytest.fixture
+def reasoner(sapo_cache_dir) -> ORPOReasoner:
+    """The tiny random model (2 layers, hidden 64, float32) as an ORPOReasoner that never changes weights."""
+    return ORPOReasoner(
+        BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir), learning_rate=0.0
+    )
+
+
+def make_sure_of(reasoner: ORPOReasoner, token: int = SURE_TOKEN, probability_gap: float = 1e-6) -> None:
+    """Add a constant to one token's logit at every position, so the model gives it ``p ≈ 1 - gap``.
+
+    With vocabulary size V and roughly equal other logits, ``1 - p ≈ V * exp(-bias)``.
+    """
+    vocab = reasoner.model.config.vocab_size
+    bias = torch.zeros(vocab)
+    bias[token] = math.log(vocab) - math.log(probability_gap)
+    reasoner.model.get_output_embeddings().register_forward_hook(lambda module, args, output: output + bias)
+
+
+def side(rows: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+    """A right-padded side of a batch from ``(token ids, prompt length)`` rows; prompt tokens unlabelled."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, (ids, prompt_length) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def crafted_batch(chosen, rejected, has_rejected) -> dict[str, torch.Tensor]:
+    batch = {f"chosen_{k}": v for k, v in side(chosen).items()}
+    batch.update({f"rejected_{k}": v for k, v in side(rejected).items()})
+    batch["has_rejected"] = torch.tensor(has_rejected)
+    return batch
+
+
+def hand_logps(reasoner: ORPOReasoner, batch: dict[str, torch.Tensor], name: str) -> list[float]:
+    """Mean log-probability of each row's labelled tokens, from the model's logits in float64.
+
+    ``log p(y_t) = z_{t-1}[y_t] - log sum_v exp(z_{t-1}[v])``: the logits one position earlier predict y_t.
+    """
+    with torch.no_grad():
+        logits = reasoner(batch[f"{name}_input_ids"], batch[f"{name}_attention_mask"]).double()
+    labels = batch[f"{name}_labels"]
+    means = []
+    for row in range(labels.shape[0]):
+        token_logps = [
+            (logits[row, t - 1, labels[row, t]] - torch.logsumexp(logits[row, t - 1], 0)).item()
+            for t in range(1, labels.shape[1])
+            if labels[row, t] != IGNORE_INDEX
+        ]
+        means.append(math.fsum(token_logps) / len(token_logps))
+    return means
+
+
+def hand_orpo(chosen: list[float], rejected: list[float], has_rejected: list[bool], weight: float = 0.1):
+    """ORPO's loss and logged terms with plain float64 math: odds = p / (1 - p)."""
+
+    def log_odds(logp: float) -> float:
+        return logp - math.log(1 - math.exp(logp))
+
+    pairs = [(c, r) for c, r, h in zip(chosen, rejected, has_rejected, strict=True) if h]
+    ratios = [log_odds(c) - log_odds(r) for c, r in pairs]
+    log_sigmoids = [-math.log1p(math.exp(-x)) for x in ratios]
+    nll = -sum(chosen) / len(chosen)
+    return nll - weight * sum(log_sigmoids) / len(pairs), {
+        "nll": nll,
+        "log_odds_ratio": sum(ratios) / len(pairs),
+        "chosen_logp": sum(chosen) / len(chosen),
+        "rejected_logp": sum(r for _, r in pairs) / len(pairs),
+        "reward_accuracy": sum(c > r for c, r in pairs) / len(pairs),
+    }
+
+
+def test_loss_matches_hand_computation_on_collated_pairs(reasoner):
+    collate = PairCollator(reasoner.tokenizer, "\n", max_length=64)
+    batch = collate(
+        [
+            PreferencePair(
+                "a", "Q: 2+3?\n", ["2 + 3 = 5", "The answer is 5"], ["2 + 3 = 6", "The answer is 6"]
+            ),
+            PreferencePair("b", "Q: 7-1?\n", ["The answer is 6"], ["7 - 1 = 8", "so 8", "The answer is 8"]),
+            PreferencePair("c", "Q: 1?\n", ["The answer is 1"]),
+        ]
+    )
+    chosen, rejected = hand_logps(reasoner, batch, "chosen"), hand_logps(reasoner, batch, "rejected")
+    expected, terms = hand_orpo(chosen, rejected, [True, True, False])
+    with torch.no_grad():
+        loss, logged = reasoner.loss(batch)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    for name, value in terms.items():
+        # log_odds_ratio is a difference of two numbers near -11 computed in float32 (spacing about 1e-6)
+        assert logged[name].item() == pytest.approx(value, rel=1e-5, abs=1e-5), name
+
+
+def test_chosen_only_batch_is_plain_sft(reasoner):
+    collate = PairCollator(reasoner.tokenizer, "\n", max_length=64)
+    batch = collate(
+        [PreferencePair("a", "Q\n", ["x = 1", "The answer is 1"]), PreferencePair("b", "Q\n", ["y"])]
+    )
+    chosen = hand_logps(reasoner, batch, "chosen")
+    with torch.no_grad():
+        loss, logged = reasoner.loss(batch)
+    assert loss.item() == pytest.approx(-sum(chosen) / 2, rel=1e-5)
+    assert set(logged) == {"nll", "chosen_logp"}
+
+
+@pytest.mark.parametrize("rejected_sure", [False, True])
+def test_loss_stays_exact_when_the_chosen_side_is_almost_certain(reasoner, rejected_sure):
+    make_sure_of(reasoner)
+    sure = [7, 8, 9] + [SURE_TOKEN] * 6
+    other = [7, 8, 9, 11, 12, SURE_TOKEN, 13] if not rejected_sure else [7, 8, 9, SURE_TOKEN, SURE_TOKEN, 14]
+    batch = crafted_batch([(sure, 3)], [(other, 3)], [True])
+    chosen, rejected = hand_logps(reasoner, batch, "chosen"), hand_logps(reasoner, batch, "rejected")
+    assert -1e-5 < chosen[0] < -1e-7  # p is within about 1e-6 of 1
+    expected, terms = hand_orpo(chosen, rejected, [True])
+    loss, logged = reasoner.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in reasoner.model.parameters() if p.grad is not None)
+    assert logged["chosen_logp"].item() == pytest.approx(chosen[0], rel=1e-4)
+    assert logged["log_odds_ratio"].item() == pytest.approx(terms["log_odds_ratio"], rel=1e-4)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_logged_metrics_under_train_and_val(reasoner):
+    make_sure_of(reasoner)
+    sure, unsure = ([7, 8, SURE_TOKEN, SURE_TOKEN, SURE_TOKEN], 2), ([7, 8, 21, 22, 23, 24], 2)
+    # pair 0: the chosen side is the likely one; pair 1: the rejected side is; row 2 has no rejected side
+    train_batch = crafted_batch([sure, unsure, unsure], [unsure, sure, unsure], [True, True, False])
+    # validation: 4 rows with 1 pair the chosen side wins, then 2 rows with 2 pairs it loses
+    val_batches = [
+        crafted_batch(
+            [sure, unsure, unsure, sure], [unsure, unsure, unsure, sure], [True, False, False, False]
+        ),
+        crafted_batch([unsure, unsure], [sure, sure], [True, True]),
+    ]
+
+    def hand(batch):
+        has_rejected = batch["has_rejected"].tolist()
+        chosen, rejected = hand_logps(reasoner, batch, "chosen"), hand_logps(reasoner, batch, "rejected")
+        return (
+            chosen,
+            [r for r, h in zip(rejected, has_rejected, strict=True) if h],
+            hand_orpo(chosen, rejected, has_rejected),
+        )
+
+    train_loss, train_terms = hand(train_batch)[2]
+    assert train_terms["reward_accuracy"] == 0.5
+    (chosen_a, rejected_a, (loss_a, terms_a)), (chosen_b, rejected_b, (loss_b, terms_b)) = map(
+        hand, val_batches
+    )
+    chosen, rejected = chosen_a + chosen_b, rejected_a + rejected_b
+    val_loss = (4 * loss_a + 2 * loss_b) / 6  # batch losses weighted by rows
+    val_terms = {  # means over all rows, or over all pairs
+        "nll": -sum(chosen) / 6,
+        "chosen_logp": sum(chosen) / 6,
+        "log_odds_ratio": (terms_a["log_odds_ratio"] + 2 * terms_b["log_odds_ratio"]) / 3,
+        "rejected_logp": sum(rejected) / 3,
+        "reward_accuracy": 1 / 3,
+    }
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(
+        reasoner,
+        train_dataloaders=DataLoader([train_batch], batch_size=None),
+        val_dataloaders=DataLoader(val_batches, batch_size=None),
+    )
+    metrics = trainer.callback_metrics
+    for stage, loss, terms in (("train", train_loss, train_terms), ("val", val_loss, val_terms)):
+        assert metrics[f"{stage}/loss"].item() == pytest.approx(loss, rel=1e-5)
+        for name, value in terms.items():
+            assert metrics[f"{stage}/{name}"].item() == pytest.approx(value, rel=1e-4, abs=1e-6), (
+                f"{stage}/{name}"
+            )
