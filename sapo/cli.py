@@ -11,7 +11,8 @@ __all__ = ["SapoCLI", "main"]
 
 DESCRIPTION = (
     "sapo: self-evolution of small reasoners with process supervision. "
-    "`sapo fit --config configs/demo.yaml` runs a recipe; `sapo fit --print_config` prints a complete one."
+    "`sapo fit --config configs/demo.yaml` runs a recipe; `sapo test --config configs/eval/gsm8k.yaml` "
+    "evaluates a model; `sapo fit --print_config` prints a complete recipe."
 )
 
 #: the recipe a bare ``sapo fit`` starts from: the self-evolution loop with the packaged SmolLM2 on the
@@ -33,7 +34,9 @@ class SapoCLI(LightningCLI):
 
     Subclass mode: ``model`` and ``data`` take any LightningModule / LightningDataModule by ``class_path``, so
     a recipe swaps a component with one line and a user's own subclass works the same way. ``--print_config``
-    prints a complete recipe with every default filled in.
+    prints a complete recipe with every default filled in. ``sapo test`` and ``sapo validate`` with an
+    :class:`~sapo.eval.runners.Evaluation` as ``data`` evaluate the model by configuration
+    (``configs/eval/``); see :meth:`run_evaluation`.
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
@@ -70,6 +73,68 @@ class SapoCLI(LightningCLI):
         config = self.config[self.subcommand]
         settings = {key: _plain(config[key]) for key in ("model", "data") if key in config}
         model.run(self.trainer, datamodule, settings)
+
+    def validate(
+        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **kwargs
+    ) -> None:
+        """``sapo validate``: an :class:`~sapo.eval.runners.Evaluation` evaluates the model (see
+        :meth:`run_evaluation`); any other data module goes to ``Trainer.validate``."""
+        self._evaluate_or_run("validate", model, datamodule, **kwargs)
+
+    def test(
+        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **kwargs
+    ) -> None:
+        """``sapo test``: an :class:`~sapo.eval.runners.Evaluation` evaluates the model (see
+        :meth:`run_evaluation`); any other data module goes to ``Trainer.test``."""
+        self._evaluate_or_run("test", model, datamodule, **kwargs)
+
+    def _evaluate_or_run(
+        self, stage: str, model: L.LightningModule, datamodule: L.LightningDataModule | None, **kwargs
+    ) -> None:
+        from sapo.eval.runners import Evaluation
+
+        if isinstance(datamodule, Evaluation):
+            self.run_evaluation(model, datamodule, **kwargs)
+        else:
+            getattr(self.trainer, stage)(model, datamodule=datamodule, **kwargs)
+
+    def run_evaluation(
+        self,
+        model: L.LightningModule,
+        evaluation,
+        ckpt_path: str | None = None,
+        verbose: bool = True,
+        **kwargs,
+    ) -> dict:
+        """Evaluate ``model`` with ``evaluation`` and record the result.
+
+        ``--ckpt_path`` (a Lightning checkpoint of the model) replaces the model's weights first. The
+        completed config is saved as ``<out_dir>/config.yaml``; the evaluation's metrics go to every logger
+        of the trainer (``log_metrics`` at step 0, then ``save``) and, unless ``--verbose false``, are printed
+        as a table. The summary is returned and kept as :attr:`evaluation_summary`.
+        """
+        from sapo.eval.runners import metrics_table
+
+        if ckpt_path:
+            import torch
+
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            model.load_state_dict(checkpoint["state_dict"])
+        evaluation.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.subcommand is not None:
+            config = self.config.get(self.subcommand, self.config)
+            self._parser(self.subcommand).save(
+                config, evaluation.out_dir / "config.yaml", overwrite=True, multifile=False
+            )
+        summary = evaluation.evaluate(model, self.trainer)
+        metrics = evaluation.metrics(summary)
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=0)
+            logger.save()
+        if verbose:
+            print(f"\n{type(evaluation).__name__} ({evaluation.out_dir}):\n\n{metrics_table(metrics)}\n")
+        self.evaluation_summary = summary
+        return summary
 
 
 def _plain(value):

@@ -9,7 +9,6 @@ import pytest
 
 from sapo.data.prm import (
     DEFAULT_PROMPT_TEMPLATE,
-    LengthGroupedSampler,
     PRMCollator,
     PRMDataModule,
     encode_labelled,
@@ -112,24 +111,6 @@ def test_rows_without_any_placed_step_are_dropped_with_a_warning(smollm2_tokeniz
         examples = encode_labelled([(short, "short"), (long, "long")], collate)
     assert [e.where for e in examples] == ["short"]
     assert "1 step labels" in caplog.text and "1 trajectories" in caplog.text
-
-
-def test_length_grouped_sampler_is_a_seeded_permutation_of_similar_length_batches():
-    lengths = [5, 90, 7, 60, 3, 88, 61, 6, 59, 4, 87, 2]
-    sampler = LengthGroupedSampler(lengths, batch_size=3, seed=1, bucket_batches=4)
-    order = list(sampler)
-    assert sorted(order) == list(range(len(lengths)))
-    batches = [order[k : k + 3] for k in range(0, len(order), 3)]
-    # one bucket holds everything, so each batch is a run of the length-sorted indices
-    runs = sorted(sorted(lengths[i] for i in b) for b in batches)
-    assert runs == [[2, 3, 4], [5, 6, 7], [59, 60, 61], [87, 88, 90]]
-    sampler.set_epoch(0)
-    assert list(sampler) == order  # same seed and epoch: same order
-    orders = set()
-    for epoch in range(10):
-        sampler.set_epoch(epoch)
-        orders.add(tuple(sampler))
-    assert len(orders) > 1  # the batch order changes from epoch to epoch
 
 
 def test_data_module_encodes_files_once_and_batches_them(tmp_path, smollm2_tokenizer):

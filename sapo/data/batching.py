@@ -9,12 +9,15 @@ batch holds rows of similar length.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["LengthGroupedBatchSampler", "padded_tokens"]
+__all__ = ["LengthGroupedBatchSampler", "padded_tokens", "training_dataloader"]
 
 
 def padded_tokens(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> int:
@@ -106,3 +109,36 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
+
+
+def training_dataloader(
+    items: Sequence[Any],
+    lengths: Sequence[int],
+    batch_size: int,
+    collate_fn: Callable[[Sequence[Any]], Any],
+    num_workers: int = 0,
+    group_by_length: bool = True,
+    distributed: bool = False,
+    seed: int | None = None,
+) -> DataLoader:
+    """The training DataLoader of every sapo DataModule: length-grouped batches
+    (:class:`LengthGroupedBatchSampler`), or uniformly shuffled ones when ``group_by_length`` is off or the
+    run is distributed (Lightning's distributed sampler then replaces the training sampler, which it cannot
+    do for a batch sampler). ``seed`` None draws it from torch's generator, so ``seed_everything`` fixes the
+    order; each epoch reshuffles."""
+    if group_by_length and distributed:
+        rank_zero_warn("group_by_length applies to single-process training; using random batches")
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    if not group_by_length or distributed:
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            items,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
+        )
+    sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=seed)
+    return DataLoader(items, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers)

@@ -6,11 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from sapo.data.batching import LengthGroupedBatchSampler
+from sapo.data.batching import training_dataloader
 from sapo.data.preference import PairCollator, PreferencePair
 from sapo.data.tasks.base import Task
 
@@ -94,23 +92,14 @@ class SFTDataModule(L.LightningDataModule):
             self.val_pairs = gold_pairs(self.val_task, tokenizer)
 
     def train_dataloader(self) -> DataLoader:
-        distributed = self.trainer is not None and self.trainer.world_size > 1
-        if self.group_by_length and distributed:
-            rank_zero_warn("group_by_length applies to single-process training; using random batches")
-        if not self.group_by_length or distributed:
-            return DataLoader(
-                self.train_pairs,
-                batch_size=self.batch_size,
-                shuffle=True,
-                collate_fn=self.collator,
-                num_workers=self.num_workers,
-            )
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # from torch's generator: seed_everything fixes it
-        sampler = LengthGroupedBatchSampler(
-            pair_lengths(self.train_pairs, self.collator), self.batch_size, seed=seed
-        )
-        return DataLoader(
-            self.train_pairs, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers
+        return training_dataloader(
+            self.train_pairs,
+            pair_lengths(self.train_pairs, self.collator),
+            self.batch_size,
+            self.collator,
+            self.num_workers,
+            self.group_by_length,
+            distributed=self.trainer is not None and self.trainer.world_size > 1,
         )
 
     def val_dataloader(self) -> DataLoader | list:

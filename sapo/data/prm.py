@@ -22,21 +22,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from sapo.data.batching import training_dataloader
 from sapo.data.steps import DEFAULT_SEPARATOR, StepEncoding, encode_steps
 from sapo.data.trajectory import Trajectory, TrajectoryFormatError, iter_jsonl
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
-    "LengthGroupedSampler",
     "PRMCollator",
     "PRMDataModule",
     "PRMExample",
@@ -250,43 +250,6 @@ def encode_labelled(records: Sequence[tuple[Trajectory, str]], collator: PRMColl
     return examples
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Shuffled indices in which runs of ``batch_size`` have similar lengths (less padding per batch).
-
-    Each epoch: shuffle all indices, cut them into buckets of ``batch_size * bucket_batches``, sort each
-    bucket by length (longest first), cut it into batches and shuffle the order of all batches. The order
-    depends on ``seed`` and the epoch only (:meth:`set_epoch`, called by Lightning; without it each new
-    iteration advances the epoch).
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, bucket_batches: int = 50):
-        if batch_size < 1 or bucket_batches < 1:
-            raise ValueError("batch_size and bucket_batches must be >= 1")
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.bucket_batches = bucket_batches
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        bucket = self.batch_size * self.bucket_batches
-        batches = []
-        for start in range(0, len(order), bucket):
-            chunk = sorted(order[start : start + bucket], key=lambda i: -self.lengths[i])
-            batches += [chunk[k : k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
-        for b in torch.randperm(len(batches), generator=generator).tolist():
-            yield from batches[b]
-
-
 class PRMDataModule(L.LightningDataModule):
     """Labelled trajectories from JSONL files, for training a verifier on its own.
 
@@ -300,7 +263,8 @@ class PRMDataModule(L.LightningDataModule):
         train_file: JSONL of labelled trajectories (:func:`sapo.data.write_jsonl`).
         val_file: JSONL of labelled trajectories for validation (none: no validation).
         batch_size: trajectories per batch.
-        group_by_length: batch trajectories of similar length together (:class:`LengthGroupedSampler`);
+        group_by_length: batch trajectories of similar length together
+            (:func:`~sapo.data.batching.training_dataloader`);
             False shuffles uniformly.
         num_workers: DataLoader worker processes.
         seed: seed of the batch order.
@@ -352,17 +316,15 @@ class PRMDataModule(L.LightningDataModule):
             self.val_examples = encode_labelled(read_labelled_trajectories(self.val_file), self.collator)
 
     def train_dataloader(self) -> DataLoader:
-        if self.group_by_length:
-            sampler = LengthGroupedSampler([len(e) for e in self.train_examples], self.batch_size, self.seed)
-            options: dict[str, Any] = {"sampler": sampler}
-        else:
-            options = {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)}
-        return DataLoader(
+        return training_dataloader(
             self.train_examples,
-            batch_size=self.batch_size,
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-            **options,
+            [len(e) for e in self.train_examples],
+            self.batch_size,
+            self.collator,
+            self.num_workers,
+            self.group_by_length,
+            distributed=self.trainer is not None and self.trainer.world_size > 1,
+            seed=self.seed,
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
-from sapo.data.batching import LengthGroupedBatchSampler
+from sapo.data.batching import training_dataloader
 from sapo.data.datamodule import gold_pairs
 from sapo.data.pairs import build_pairs, rft_pairs
 from sapo.data.preference import PreferencePair
@@ -329,9 +328,10 @@ class SAPSDataModule(L.LightningDataModule):
                 "(`sapo fit --model sapo.evolution.SelfEvolution ...`), which sets each phase's data"
             )
         items, collator, lengths = self._phase
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # from torch's generator: seed_everything fixes it
-        sampler = LengthGroupedBatchSampler(lengths, self.batch_size, seed=seed)
-        return DataLoader(items, batch_sampler=sampler, collate_fn=collator, num_workers=self.num_workers)
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        return training_dataloader(
+            items, lengths, self.batch_size, collator, self.num_workers, distributed=distributed
+        )
 
 
 def with_meta(trajectories: Sequence[Trajectory], **meta: Any) -> list[Trajectory]:
