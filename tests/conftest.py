@@ -10,7 +10,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: hub lookups fail fast
 
+from collections import Counter
+
 import pytest
+import torch
+from transformers.models.llama import LlamaForCausalLM
 
 from sapo.models import PACKAGED_SMOLLM2, TINY_RANDOM, BackboneSpec, LoadedBackbone, load_tokenizer
 
@@ -45,3 +49,40 @@ def smollm2_first_load(sapo_cache_dir) -> LoadedBackbone:
     Session-scoped because the conversion is slow; tests must not train or modify this model.
     """
     return BackboneSpec(PACKAGED_SMOLLM2, dtype="bfloat16", cache_dir=sapo_cache_dir).load_with_info()
+
+
+class WrittenReasoner(LlamaForCausalLM):
+    """Writes ``plan(prompt)[j]`` and then EOS for the ``j``-th row it is asked to complete with that prompt,
+    whatever the sampling settings (every logit but the chosen token's is -1e9). Rows are planned when
+    ``generate`` receives them; forward passes outside ``generate`` (a shared prefill) only fill the cache."""
+
+    def setup(self, tokenizer, plan):
+        self.tokenizer, self.plan, self.seen, self.generating = tokenizer, plan, Counter(), False
+        return self
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        self.rows = []
+        for ids, keep in zip(input_ids, mask, strict=True):
+            prompt = self.tokenizer.decode(ids[keep.bool()].tolist())
+            written = self.plan(prompt)[self.seen[prompt]]
+            self.seen[prompt] += 1
+            self.rows.append(
+                [*self.tokenizer(written, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
+            )
+        self.step, self.generating = 0, True
+        try:
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            self.generating = False
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if not self.generating:
+            return out
+        logits = torch.full_like(out.logits[:, -1:], -1e9)
+        for r, ids in enumerate(self.rows):
+            logits[r, 0, ids[min(self.step, len(ids) - 1)]] = 0.0
+        self.step += 1
+        out.logits = logits
+        return out

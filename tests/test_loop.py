@@ -218,3 +218,12 @@ def test_a_run_directory_refuses_other_settings(tmp_path):
     assert RunDirectory(tmp_path, {"model": {"iterations": 2}, "data": {"margin": 0.3}}).done("sft")
     with pytest.raises(RunMismatchError, match="data.margin"):
         RunDirectory(tmp_path, {"model": {"iterations": 2}, "data": {"margin": 0.5}})
+
+
+def test_the_strategy_is_one_command_line_flag(tmp_path):
+    args = ["--config", str(CONFIGS / "demo.yaml"), "--model.init_args.run_dir", str(tmp_path / "run")]
+    flag = ["--data.init_args.strategy", "sapo.supervision.MonteCarloSupervision"]
+    cli = SapoCLI(args=args + flag + ["--data.init_args.strategy.init_args.k", "3"], run=False)
+    strategy = cli.datamodule.strategy
+    assert type(strategy).__name__ == "MonteCarloSupervision" and strategy.k == 3
+    assert type(SapoCLI(args=args, run=False).datamodule.strategy).__name__ == "FirstErrorSupervision"

@@ -11,7 +11,7 @@ from collections import deque
 
 import pytest
 import torch
-from transformers.models.llama import LlamaForCausalLM
+from conftest import WrittenReasoner
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.data.tasks.base import Question
@@ -48,39 +48,26 @@ def tiny(sapo_cache_dir):
     return BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir).load()
 
 
-class ScriptedLM(LlamaForCausalLM):
-    """Writes ``script(prompt)`` then EOS, whatever the sampling settings, and records each prompt it is asked
-    to complete (the rows ``generate`` receives; the shared prefill's forward passes before it only fill the
-    cache)."""
+class ScriptedLM(WrittenReasoner):
+    """Writes ``script(prompt)`` then EOS for every row, whatever the sampling settings; ``prompts`` are the
+    prompts it was asked to complete (the rows ``generate`` received)."""
 
     def setup(self, tokenizer, script):
-        self.tokenizer, self.script, self.prompts, self.generating = tokenizer, script, [], False
-        return self
+        return super().setup(tokenizer, lambda prompt: _Always(script(prompt)))
 
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        texts = [
-            self.tokenizer.decode(row[m.bool()].tolist()) for row, m in zip(input_ids, mask, strict=True)
-        ]
-        self.prompts.extend(texts)
-        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        self.rows = [encode(self.script(t)) + [self.tokenizer.eos_token_id] for t in texts]
-        self.step, self.generating = 0, True
-        try:
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        finally:
-            self.generating = False
+    @property
+    def prompts(self) -> list[str]:
+        return list(self.seen.elements())
 
-    def forward(self, input_ids=None, attention_mask=None, **kwargs):
-        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if not self.generating:
-            return out
-        logits = torch.full_like(out.logits[:, -1:], -1e9)
-        for r, ids in enumerate(self.rows):
-            logits[r, 0, ids[min(self.step, len(ids) - 1)]] = 0.0
-        self.step += 1
-        out.logits = logits
-        return out
+
+class _Always:
+    """The same text for the j-th sample of a prompt, for every j."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __getitem__(self, j: int) -> str:
+        return self.text
 
 
 @pytest.fixture(scope="module")

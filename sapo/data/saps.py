@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -332,8 +332,3 @@ class SAPSDataModule(L.LightningDataModule):
         return training_dataloader(
             items, lengths, self.batch_size, collator, self.num_workers, distributed=distributed
         )
-
-
-def with_meta(trajectories: Sequence[Trajectory], **meta: Any) -> list[Trajectory]:
-    """Copies of ``trajectories`` with ``meta`` added."""
-    return [replace(t, meta={**t.meta, **meta}) for t in trajectories]

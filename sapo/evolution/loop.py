@@ -263,6 +263,9 @@ class SelfEvolution(L.LightningModule):
         strategy = self.data.initial_strategy if t == 0 else self.data.strategy
         new = [s for s in samples if s.label_source != "gold"]
         subset = self.data.label_subset(new, t)
+        if t == 0:  # subset(D_0), D_0 = samples ∪ D_org: the gold solutions are labelled too (all correct,
+            # at no cost), so the first verifier sees correct solutions as well as the mostly wrong samples
+            subset = [s for s in samples if s.label_source == "gold"] + subset
         model = tokenizer = scorer = None
         if not self.run_state.done(phase):  # else every chunk is on disk and only read back
             self.run_state.start(phase, strategy=type(strategy).__name__, trajectories=len(subset))
