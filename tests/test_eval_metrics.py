@@ -221,3 +221,18 @@ def test_best_of_n_table_rejects_bad_inputs():
         best_of_n_table(samples, scores, ns=(1,), aggregates=("median",))
     with pytest.raises(ValueError, match="sample 1: 2 scores for 3 steps"):
         best_of_n_table(samples, [[scores[0][0], [0.5, 0.5], *scores[0][2:]]], ns=(4,))
+
+
+def test_paired_difference_matches_hand_computation():
+    from sapo.eval.reasoner import paired_difference
+
+    before = [True, True, False, False, False]
+    after = [True, False, True, True, False]
+    # d = [0, -1, 1, 1, 0]: mean 1/5; squared deviations 1/25 + 36/25 + 16/25 + 16/25 + 1/25 = 70/25
+    change, half_width = paired_difference(before, after)
+    assert change == pytest.approx(0.2)
+    assert half_width == pytest.approx(1.96 * math.sqrt((70 / 25) / (5 * 4)))
+    # the same outcomes before and after: no change and no spread
+    assert paired_difference(before, before) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="5 outcomes before, 4 after"):
+        paired_difference(before, after[:4])

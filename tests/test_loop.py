@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from sapo.cli import SapoCLI
+from sapo.eval.reasoner import paired_difference
 from sapo.evolution import RunDirectory, RunMismatchError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -142,6 +143,11 @@ def test_the_run_directory_holds_every_phase_and_a_report(resumed_run):
         assert 0 <= accuracy <= 1
         heldout = [json.loads(line) for line in (run_dir / f"heldout_{t}.jsonl").read_text().splitlines()]
         assert len(heldout) == 8 and accuracy == sum(h["outcome"] for h in heldout) / 8
+        if t == 0:
+            start = [h["outcome"] for h in heldout]
+        else:  # the change against the SFT start on the same questions, with its paired interval
+            change, half_width = paired_difference(start, [h["outcome"] for h in heldout])
+            assert f"| {100 * change:+.1f} ± {100 * half_width:.1f} pts |" in report
     for png in ("accuracy.png", "verifier_f1.png", "label_cost.png"):
         assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
     rows = [  # one logger version per process: the killed runs logged the iterations they finished

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning as L
@@ -284,17 +285,35 @@ def test_lora_verifier_trains_the_head_and_the_adapters_only(lora_verifier):
 # ------------------------------------------------------------------------------------- saving and loading
 
 
-def test_save_pretrained_loads_in_plain_transformers_with_the_same_scores(verifier, tmp_path):
+def test_save_pretrained_loads_in_plain_transformers_with_the_same_scores(verifier, tmp_path, caplog):
     items = trajectories()
     expected = verifier.score(items)
     verifier.save_pretrained(tmp_path / "prm")
     got = transformers_scores(tmp_path / "prm", verifier, items)
     for row, other in zip(expected, got, strict=True):
         assert row == pytest.approx(other, abs=1e-5)
-    reloaded = PRMVerifier.from_pretrained(tmp_path / "prm", backbone_options={"dtype": "float32"})
+    with caplog.at_level(logging.WARNING):
+        reloaded = PRMVerifier.from_pretrained(tmp_path / "prm", backbone_options={"dtype": "float32"})
+    # the saved head is read separately: transformers' "unexpected score.*" report is not shown
+    assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
     assert reloaded.hparams.separator == verifier.hparams.separator
     for row, other in zip(expected, reloaded.score(items), strict=True):
         assert row == pytest.approx(other, abs=1e-5)
+
+
+def test_reload_still_reports_missing_weights(verifier, tmp_path, caplog):
+    """Only the head's unused keys are silenced: a checkpoint missing decoder weights is still reported."""
+    from safetensors.torch import load_file, save_file
+
+    verifier.save_pretrained(tmp_path / "prm")
+    weights = tmp_path / "prm" / "model.safetensors"
+    state = load_file(weights)
+    dropped = next(k for k in state if k.endswith("q_proj.weight"))
+    save_file({k: v for k, v in state.items() if k != dropped}, weights, metadata={"format": "pt"})
+    with caplog.at_level(logging.WARNING):
+        PRMVerifier.from_pretrained(tmp_path / "prm", backbone_options={"dtype": "float32"})
+    reports = [r.getMessage() for r in caplog.records if "LOAD REPORT" in r.getMessage()]
+    assert reports and "q_proj" in reports[0]
 
 
 def test_save_pretrained_merges_lora_and_keeps_the_adapters(lora_verifier, tmp_path):

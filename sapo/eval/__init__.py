@@ -9,7 +9,7 @@ from sapo.eval.processbench import (
     evaluate_processbench,
     read_processbench,
 )
-from sapo.eval.reasoner import EvalResult, evaluate_reasoner, sample_and_check
+from sapo.eval.reasoner import EvalResult, evaluate_reasoner, paired_difference, sample_and_check
 from sapo.eval.verifier_metrics import (
     FirstErrorAccuracy,
     ProcessBenchF1,
@@ -29,6 +29,7 @@ __all__ = [
     "evaluate_on_oracle",
     "evaluate_processbench",
     "evaluate_reasoner",
+    "paired_difference",
     "majority_vote",
     "mean_pass_at_k",
     "pass_at_k",

@@ -34,9 +34,32 @@ from sapo.data.trajectory import Trajectory
 from sapo.eval.pass_at_k import mean_pass_at_k
 from sapo.rollout.sampler import Sampler, task_stop_rule
 
-__all__ = ["EvalResult", "evaluate_reasoner", "sample_and_check"]
+__all__ = ["EvalResult", "evaluate_reasoner", "paired_difference", "sample_and_check"]
 
 logger = logging.getLogger(__name__)
+
+
+def paired_difference(before: Sequence[bool], after: Sequence[bool]) -> tuple[float, float]:
+    """The change in accuracy between two evaluations of the same questions, with its 95% half-width.
+
+    With per-question outcomes ``a_i`` (before) and ``b_i`` (after), ``d_i = b_i − a_i``:
+
+        Δ = (1/n) Σ d_i,    SE = sqrt(Σ (d_i − Δ)² / (n (n − 1))),    half-width = 1.96 · SE
+
+    (normal approximation of the paired difference). Pairing matters: questions both models solve or both
+    fail add no noise, so this is narrower than comparing two independent accuracies.
+    """
+    if len(before) != len(after):
+        raise ValueError(f"paired_difference: {len(before)} outcomes before, {len(after)} after")
+    n = len(before)
+    if n == 0:
+        raise ValueError("paired_difference: no outcomes")
+    d = [float(b) - float(a) for a, b in zip(before, after, strict=True)]
+    mean = sum(d) / n
+    if n == 1:
+        return mean, float("inf")
+    se = (sum((x - mean) ** 2 for x in d) / (n * (n - 1))) ** 0.5
+    return mean, 1.96 * se
 
 
 def sample_and_check(

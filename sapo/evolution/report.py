@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
+from sapo.eval.reasoner import paired_difference
 from sapo.evolution.run_directory import RunDirectory
 
 __all__ = ["write_report"]
@@ -28,15 +30,25 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
         "",
         "Iteration 0 is the SFT start (M0, with the first verifier V0 trained on binary-search labels);",
         "iteration t evaluates the reasoner after ORPO round t and the verifier V_t of that round.",
+        '"vs SFT" is the change on the same held-out questions, ± its 95% interval (paired, normal',
+        "approximation): a change inside the interval is not distinguishable from noise.",
         "",
         "| iteration | held-out accuracy | vs SFT | verifier F1 | error acc. | correct acc. "
         "| self-verification error | label completions (cumulative) | label tokens (cumulative) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     start = iterations[0].get("heldout_accuracy") if iterations else None
+    start_outcomes = _heldout_outcomes(run, iterations[0]["iteration"]) if iterations else {}
     for m in iterations:
         acc = m.get("heldout_accuracy")
-        delta = None if acc is None or start is None else acc - start
+        delta = None if acc is None or start is None else f"{100 * (acc - start):+.1f} pts"
+        outcomes = _heldout_outcomes(run, m["iteration"])
+        common = sorted(set(start_outcomes) & set(outcomes))
+        if delta is not None and m is not iterations[0] and len(common) > 1:
+            change, half_width = paired_difference(
+                [start_outcomes[q] for q in common], [outcomes[q] for q in common]
+            )
+            delta = f"{100 * change:+.1f} ± {100 * half_width:.1f} pts"
         cost = m.get("label_cost") or {}
         lines.append(
             "| "
@@ -44,7 +56,7 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
                 [
                     str(m["iteration"]),
                     _fmt(acc, percent=True),
-                    "–" if delta is None else f"{100 * delta:+.1f} pts",
+                    "–" if delta is None else delta,
                     _fmt(m.get("verifier_f1")),
                     _fmt(m.get("verifier_error_accuracy")),
                     _fmt(m.get("verifier_correct_accuracy")),
@@ -85,6 +97,15 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
     if plots:
         lines += ["", "## Plots", ""] + [f"![{title}]({file})" for title, file in plots]
     (run.path / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _heldout_outcomes(run: RunDirectory, iteration: int) -> dict[str, bool]:
+    """Question id -> solved, from the iteration's greedy held-out answers (empty if not written)."""
+    path = run.path / f"heldout_{iteration}.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {row["question_id"]: bool(row.get("outcome")) for row in rows}
 
 
 def _plots(

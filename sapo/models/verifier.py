@@ -13,12 +13,14 @@ model with one label (:meth:`PRMVerifier.save_pretrained`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -399,12 +401,41 @@ class PRMVerifier(L.LightningModule):
             )
         record = json.loads(record_path.read_text())
         arguments = {**record["arguments"], **overrides}
-        verifier = cls(BackboneSpec(str(path), **(backbone_options or {})), **arguments)
+        with _expected_head_keys(record["head"]):  # the head is read below, not by the causal LM
+            verifier = cls(BackboneSpec(str(path), **(backbone_options or {})), **arguments)
         head_state = _read_tensors(path, [f"{record['head']}.weight", f"{record['head']}.bias"])
         with torch.no_grad():
             verifier.head.weight.copy_(head_state[f"{record['head']}.weight"])
             verifier.head.bias.copy_(head_state[f"{record['head']}.bias"])
         return verifier
+
+
+class _HeadOnlyLoadReport(logging.Filter):
+    """Drops transformers' load report when its only finding is the saved head's keys left unused."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__()
+        self.head = head
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # the report is coloured
+        if "LOAD REPORT" not in text or f"{self.head}.weight" not in text:
+            return True
+        return any(word in text for word in ("MISSING", "MISMATCH", "CONVERSION"))
+
+
+@contextlib.contextmanager
+def _expected_head_keys(head: str) -> Iterator[None]:
+    """Reloading a saved verifier loads its decoder as a causal LM, which has no ``head`` layer: transformers
+    reports those keys as unexpected on every load. Silence that report only; any other finding (missing or
+    mismatched weights) still shows."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    quiet = _HeadOnlyLoadReport(head)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _classifier_name(model: nn.Module) -> str:
