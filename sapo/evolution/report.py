@@ -31,7 +31,7 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
         "Iteration 0 is the SFT start (M0, with the first verifier V0 trained on binary-search labels);",
         "iteration t evaluates the reasoner after ORPO round t and the verifier V_t of that round.",
         '"vs SFT" is the change on the same held-out questions, ± its 95% interval (paired, normal',
-        "approximation): a change inside the interval is not distinguishable from noise.",
+        "approximation): where the interval includes zero, the change cannot be told from noise.",
         "",
         "| iteration | held-out accuracy | vs SFT | verifier F1 | error acc. | correct acc. "
         "| self-verification error | label completions (cumulative) | label tokens (cumulative) |",
