@@ -22,6 +22,7 @@ from sapo.eval.best_of_n import (
     weighted_vote,
 )
 from sapo.eval.pass_at_k import mean_pass_at_k, pass_at_k
+from sapo.eval.reasoner import paired_difference
 
 # --- pass@k -----------------------------------------------------------------------------------------------
 
@@ -224,8 +225,6 @@ def test_best_of_n_table_rejects_bad_inputs():
 
 
 def test_paired_difference_matches_hand_computation():
-    from sapo.eval.reasoner import paired_difference
-
     before = [True, True, False, False, False]
     after = [True, False, True, True, False]
     # d = [0, -1, 1, 1, 0]: mean 1/5; squared deviations 1/25 + 36/25 + 16/25 + 16/25 + 1/25 = 70/25
