@@ -66,10 +66,10 @@ import torch
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.data.tasks.base import Question
 from sapo.data.tasks.gsm8k import GSM8KTask
-from sapo.data.tasks.math_oracle import MathTask
-from sapo.data.trajectory import Cost, Trajectory
+from sapo.data.tasks.math import MathTask
+from sapo.data.trajectory import NO_ERROR, Cost, Trajectory, first_error_of
 from sapo.models import PACKAGED_SMOLLM2, TINY_RANDOM, BackboneSpec, default_cache_dir, load_backbone
-from sapo.rollout import Sampler, SamplingCost, TaskRolloutSampler, derive_seed
+from sapo.rollout import Sampler, TaskRolloutSampler, derive_seed
 from sapo.supervision import (
     BinarySearchSupervision,
     FirstErrorSupervision,
@@ -89,7 +89,7 @@ STRATEGIES = ("outcome", "monte_carlo", "monte_carlo_all", "binary_search", "fir
 #: strategies whose estimates use the hard rule, so ``early_stop`` applies (outcome spends no rollouts)
 HARD_RULE = ("monte_carlo", "monte_carlo_all", "binary_search", "first_error", "random_step")
 GSM8K_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k")  # beside the checkout
-#: a label below this is "wrong" (ProcessBench's rule, ``Trajectory.first_error``)
+#: a label below this is "wrong" (ProcessBench's rule, :func:`sapo.data.trajectory.first_error_of`)
 THRESHOLD = 0.5
 #: the targets the report checks (printed next to the measured figures, met or not)
 TOKEN_RATIO_TARGET = 3.0
@@ -114,11 +114,6 @@ QUICK = {
 
 
 # --------------------------------------------------------------------------------------------- metrics
-
-
-def first_error(labels: Sequence[float]) -> int:
-    """The index of the first label below 0.5, or -1 when every step is labelled correct."""
-    return next((i for i, v in enumerate(labels) if v < THRESHOLD), -1)
 
 
 @dataclass
@@ -160,7 +155,7 @@ def first_error_accuracy(pairs: Iterable[LabelPair]) -> Rate:
     rate = Rate()
     for labels, oracle in pairs:
         rate.total += 1
-        rate.hits += first_error(labels) == first_error(oracle)
+        rate.hits += first_error_of(labels) == first_error_of(oracle)
     return rate
 
 
@@ -181,6 +176,15 @@ def wrong_step_counts(pairs: Iterable[LabelPair]) -> StepCounts:
             else:
                 counts.tn += 1
     return counts
+
+
+#: the labelling fields of a run's cost, written zeros included so that every run's JSON has the same keys
+LABEL_COST_FIELDS = ("rollout_estimates", "completions", "generated_tokens", "verifier_passes", "seconds")
+
+
+def label_cost(cost: Cost) -> dict[str, float]:
+    """The labelling fields of ``cost`` (``Cost.to_dict`` leaves out the zero ones)."""
+    return {name: getattr(cost, name) for name in LABEL_COST_FIELDS}
 
 
 def per_trajectory(cost: Cost, count: int) -> dict[str, float] | None:
@@ -393,7 +397,7 @@ def detection_accuracy(
     rate = Rate()
     for t in detected:
         rate.total += 1
-        rate.hits += t.meta["verification"]["detected"] == first_error(truth(t))
+        rate.hits += t.meta["verification"]["detected"] == first_error_of(truth(t))
     return rate
 
 
@@ -442,7 +446,7 @@ def evaluate(
         expanded=len(result.expanded),
         dropped=len(result.dropped),
         seconds=total.seconds,
-        cost=total.to_dict(),
+        cost=label_cost(total),
         per_labelled=per_trajectory(total, len(result.labelled)),
         per_labelled_wrong=per_trajectory(spent(wrong_inputs, seconds), len(labelled_wrong)),
         first_error_accuracy=first_error_accuracy(pairs(labelled_wrong)),
@@ -627,8 +631,8 @@ def new_sampler(
     return TaskRolloutSampler(sampler, task, questions, early_stop_chunk=early_stop_chunk(args))
 
 
-def summarise_sampling(costs: Sequence[SamplingCost]) -> dict[str, float]:
-    total = sum(costs, SamplingCost())
+def summarise_sampling(costs: Sequence[Cost]) -> dict[str, float]:
+    total = sum(costs, Cost())
     return {
         "completions": total.completions,
         "generated_tokens": total.generated_tokens,
@@ -644,7 +648,7 @@ def run_task(name: str, args: argparse.Namespace) -> TaskReport:
     model_name, sft_seconds = reasoner(name, args)
     model, tokenizer = load_backbone(model_name, dtype=args.dtype, cache_dir=args.cache_dir)
     max_new_tokens = args.gsm8k_max_new_tokens if name == "gsm8k" else args.arith_max_new_tokens
-    costs: list[SamplingCost] = []
+    costs: list[Cost] = []
 
     def sampler_for(*stream: str) -> TaskRolloutSampler:
         made = new_sampler(model, tokenizer, task, questions, max_new_tokens, args, *stream)
@@ -705,8 +709,8 @@ def task_summary(
         trajectories=len(trajectories),
         wrong_answers=len(wrong),
         mean_steps=sum(t.num_steps for t in trajectories) / max(1, len(trajectories)),
-        oracle_errors_in_correct_answers=sum(first_error(truth(t)) >= 0 for t in correct),
-        oracle_clean_wrong_answers=sum(first_error(truth(t)) < 0 for t in wrong),
+        oracle_errors_in_correct_answers=sum(first_error_of(truth(t)) != NO_ERROR for t in correct),
+        oracle_clean_wrong_answers=sum(first_error_of(truth(t)) == NO_ERROR for t in wrong),
         sampling={},
         sft_seconds=sft_seconds,
     )

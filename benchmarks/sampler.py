@@ -34,15 +34,15 @@ from dataclasses import dataclass
 import torch
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
+from sapo.data.trajectory import Cost
 from sapo.models import PACKAGED_SMOLLM2, load_backbone
 from sapo.rollout import (
-    ANSWER_LINE_STOP,
     Sampler,
-    SamplingCost,
     TaskRolloutSampler,
     TransformersBackend,
     generate_batched,
     shared_prefill,
+    task_stop_rule,
 )
 from sapo.supervision.protocols import Prefix
 
@@ -140,17 +140,17 @@ def shared_prefixes(task: ArithmeticTask, questions, per_question: int) -> list[
     return prefixes
 
 
-def profile_one_batch(model, tokenizer, prompts, args) -> list[list[str]]:
+def profile_one_batch(model, tokenizer, task, prompts, args) -> list[list[str]]:
     """Where the time of one sampler batch goes: prefill (shared, and what a plain left-padded prefill of the
     same rows costs), decoding, the stop check, padding, idle rows."""
     batch = prompts[: args.batch_size]
     settings = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=0
     )
-    cost = SamplingCost()
+    cost = Cost()
     started = time.perf_counter()
     generate_batched(
-        model, tokenizer, batch, batch_size=len(batch), stop=ANSWER_LINE_STOP, cost=cost, **settings
+        model, tokenizer, batch, batch_size=len(batch), stop=task_stop_rule(task), cost=cost, **settings
     )
     total = time.perf_counter() - started
     encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
@@ -216,7 +216,7 @@ def sampler_rows(name, model, tokenizer, task, questions, prefixes, args, share_
         backend=backend,
         progress=True,
     )
-    adapter = TaskRolloutSampler(sampler, task, questions, stop=ANSWER_LINE_STOP)
+    adapter = TaskRolloutSampler(sampler, task, questions)  # stops where the task says
     started = time.perf_counter()
     trajectories = adapter.sample_trajectories(questions, args.samples)
     cost = sampler.last_cost
@@ -282,7 +282,7 @@ def main() -> None:
             rows += sampler_rows(name, model, tokenizer, task, questions, prefixes, args, share)
 
         repeated = [p for p in question_prompts for _ in range(args.samples)]
-        profiles[name] = profile_one_batch(model, tokenizer, repeated, args)
+        profiles[name] = profile_one_batch(model, tokenizer, task, repeated, args)
         del model
 
     print(

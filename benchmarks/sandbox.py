@@ -1,7 +1,7 @@
 """How many MBPP reference solutions pass their own tests in the sandbox, and how fast the sandbox runs.
 
 Runs every reference solution of the four MBPP splits (974 programs) with its tests and setup code through
-one :class:`~sapo.data.sandbox.Sandbox` with the cache off, lists every reference that fails (with the
+one :class:`~sapo.sandbox.Sandbox` with the cache off, lists every reference that fails (with the
 sandbox's reason), and reports throughput in programs per second with the worker count, the isolation
 layer and the machine's load (the figures are only comparable at similar load). A second, smaller run of
 trivial programs measures the floor: the cost of one sandboxed interpreter start.
@@ -21,9 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sapo.data.sandbox import Sandbox, SandboxResult
 from sapo.data.tasks.base import Question
 from sapo.data.tasks.mbpp import MBPP_SPLITS, MBPPTask
+from sapo.sandbox import Sandbox, SandboxResult
 
 #: the shared data beside the checkout (developers and CI have it)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

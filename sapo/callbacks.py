@@ -75,8 +75,8 @@ class HeldOutAccuracy(L.Callback):
 class ExportPretrained(L.Callback):
     """Save the trained model in transformers' format at the end of ``fit``, so any tool can load it.
 
-    The module must have a ``save_pretrained(path)`` method (the reasoner and the verifier do). With LoRA the
-    folder holds the adapter (peft loads it on top of the base model).
+    The module must have a ``save_pretrained(path)`` method (the reasoner and the verifier do). LoRA adapters
+    are merged into the saved weights, so the folder is a plain checkpoint.
 
     Args:
         dirpath: the folder to write (created; files in it are replaced).

@@ -1,11 +1,21 @@
-"""The ``sapo`` command: a LightningCLI whose models, data modules and strategies are chosen by class path."""
+"""The ``sapo`` command: a LightningCLI whose models, data modules and strategies are chosen by class path.
+
+Two things beside Lightning's own classes may stand in a recipe, and the parser accepts them by name rather
+than by pretending they are Lightning classes: under ``model``, the self-evolution loop
+(:class:`~sapo.evolution.SelfEvolution`, a recipe that trains LightningModules phase by phase, not a module
+itself), and under ``data``, an evaluation (:class:`~sapo.eval.runners.Evaluation`) for ``sapo test`` and
+``sapo validate``.
+"""
 
 from __future__ import annotations
 
 import os
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from sapo.eval.runners import Evaluation, metrics_table
+from sapo.evolution import SelfEvolution
 
 __all__ = ["SapoCLI", "main"]
 
@@ -20,10 +30,16 @@ DESCRIPTION = (
 DEFAULTS = {
     "model": {
         "class_path": "sapo.evolution.SelfEvolution",
-        "init_args": {"reasoner": {"name_or_path": "smollm2-135m-instruct"}},
+        "init_args": {
+            "reasoner": {"name_or_path": "smollm2-135m-instruct"},
+            "labelling": {
+                "initial_strategy": {"class_path": "sapo.supervision.BinarySearchSupervision"},
+                "strategy": {"class_path": "sapo.supervision.FirstErrorSupervision"},
+            },
+        },
     },
     "data": {
-        "class_path": "sapo.data.saps.SAPSDataModule",
+        "class_path": "sapo.evolution.SAPSDataModule",
         "init_args": {"task": {"class_path": "sapo.data.tasks.arithmetic.ArithmeticTask"}},
     },
 }
@@ -51,17 +67,33 @@ class SapoCLI(LightningCLI):
             run=run,
         )
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Lightning's trainer, model and data arguments, with the loop accepted as a ``model`` and an
+        evaluation as ``data`` (see the module docstring)."""
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        trainer_defaults = {"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
+        parser.set_defaults(trainer_defaults)
+        parser.add_subclass_arguments(
+            (L.LightningModule, SelfEvolution), "model", fail_untyped=False, required=True
+        )
+        parser.add_subclass_arguments(
+            (L.LightningDataModule, Evaluation), "data", fail_untyped=False, required=False
+        )
+
     def add_arguments_to_parser(self, parser) -> None:
         # Without --config, --print_config prints the demo recipe rather than an empty model and data.
         parser.set_defaults(DEFAULTS)
 
     def fit(
-        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **kwargs
+        self,
+        model: L.LightningModule | SelfEvolution,
+        datamodule: L.LightningDataModule | Evaluation | None = None,
+        **kwargs,
     ) -> None:
-        """``sapo fit``: the whole loop for a :class:`~sapo.evolution.SelfEvolution` model (each phase with its
-        own trainer, resumable from the run directory), else ``Trainer.fit``."""
-        from sapo.evolution import SelfEvolution
-
+        """``sapo fit``: the whole loop for a :class:`~sapo.evolution.SelfEvolution` (each phase with its own
+        trainer, resumable from the run directory), else ``Trainer.fit``. An
+        :class:`~sapo.eval.runners.Evaluation` as ``data`` is refused: it has nothing to train on."""
+        _refuse_evaluation(datamodule, "fit")
         if not isinstance(model, SelfEvolution):
             self.trainer.fit(model, datamodule=datamodule, **kwargs)
             return
@@ -72,27 +104,38 @@ class SapoCLI(LightningCLI):
             )
         config = self.config[self.subcommand]
         settings = {key: _plain(config[key]) for key in ("model", "data") if key in config}
-        model.run(self.trainer, datamodule, settings)
+        model.fit(self.trainer, datamodule, settings)
+
+    def before_predict(self) -> None:
+        """``sapo predict`` goes to ``Trainer.predict``, which an Evaluation as ``data`` cannot feed."""
+        _refuse_evaluation(self.datamodule, "predict")
 
     def validate(
-        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **kwargs
+        self, model: L.LightningModule, datamodule: L.LightningDataModule | Evaluation | None = None, **kwargs
     ) -> None:
         """``sapo validate``: an :class:`~sapo.eval.runners.Evaluation` evaluates the model (see
         :meth:`run_evaluation`); any other data module goes to ``Trainer.validate``."""
         self._evaluate_or_run("validate", model, datamodule, **kwargs)
 
     def test(
-        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **kwargs
+        self, model: L.LightningModule, datamodule: L.LightningDataModule | Evaluation | None = None, **kwargs
     ) -> None:
         """``sapo test``: an :class:`~sapo.eval.runners.Evaluation` evaluates the model (see
         :meth:`run_evaluation`); any other data module goes to ``Trainer.test``."""
         self._evaluate_or_run("test", model, datamodule, **kwargs)
 
     def _evaluate_or_run(
-        self, stage: str, model: L.LightningModule, datamodule: L.LightningDataModule | None, **kwargs
+        self,
+        stage: str,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | Evaluation | None,
+        **kwargs,
     ) -> None:
-        from sapo.eval.runners import Evaluation
-
+        if isinstance(model, SelfEvolution):
+            raise ValueError(
+                f"sapo {stage} evaluates a model: the self-evolution loop runs with `sapo fit`; evaluate one of "
+                "its checkpoints with configs/eval/*.yaml"
+            )
         if isinstance(datamodule, Evaluation):
             self.run_evaluation(model, datamodule, **kwargs)
         else:
@@ -113,8 +156,6 @@ class SapoCLI(LightningCLI):
         of the trainer (``log_metrics`` at step 0, then ``save``) and, unless ``--verbose false``, are printed
         as a table. The summary is returned and kept as :attr:`evaluation_summary`.
         """
-        from sapo.eval.runners import metrics_table
-
         if ckpt_path:
             import torch
 
@@ -135,6 +176,14 @@ class SapoCLI(LightningCLI):
             print(f"\n{type(evaluation).__name__} ({evaluation.out_dir}):\n\n{metrics_table(metrics)}\n")
         self.evaluation_summary = summary
         return summary
+
+
+def _refuse_evaluation(datamodule: object, stage: str) -> None:
+    if isinstance(datamodule, Evaluation):
+        raise ValueError(
+            f"{type(datamodule).__name__} evaluates a model and has no data to {stage} on: run `sapo test` or "
+            f"`sapo validate` with this config, not `sapo {stage}`"
+        )
 
 
 def _plain(value):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sapo.data.tasks.arithmetic import SCENARIOS, ArithmeticTask, generate_problem
 from sapo.data.tasks.base import Question, Task
-from sapo.data.tasks.math_oracle import GoldComputation, find_equations, judge_steps
+from sapo.data.tasks.math import GoldComputation, find_equations, judge_steps
 from sapo.data.trajectory import Trajectory
 
 
@@ -217,7 +217,7 @@ def test_steps_after_an_error_are_judged_on_their_own(task, questions):
 
 
 def make_gold(question: str, values: list[int], answer: int) -> GoldComputation:
-    from sapo.data.tasks.math_oracle import question_numbers
+    from sapo.data.tasks.math import question_numbers
 
     return GoldComputation(
         Fraction(answer), frozenset(Fraction(v) for v in [*values, answer]), question_numbers(question)

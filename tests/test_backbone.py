@@ -15,12 +15,13 @@ from sapo.models import (
     BackboneSpec,
     LoraSettings,
     ModelLoadError,
+    _model_cache,
+    _options,
     load_backbone,
     load_tokenizer,
     packaged_smollm2_gguf,
     resolve_dtype,
 )
-from sapo.models import backbone as backbone_module
 
 CHAT = [{"role": "user", "content": "What is 2+3? Answer with a number."}]
 ALL_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -156,7 +157,7 @@ def test_tiny_random_size_is_read_from_the_name(sapo_cache_dir):
 
 
 def test_auto_dtype_keeps_fully_trained_weights_in_float32():
-    fast_bf16 = backbone_module._computes_bfloat16_fast("cpu")
+    fast_bf16 = _options._computes_bfloat16_fast("cpu")
     assert resolve_dtype("auto", "cpu", base_is_frozen=False) == torch.float32
     assert resolve_dtype("auto", "cpu", base_is_frozen=True) == (
         torch.bfloat16 if fast_bf16 else torch.float32
@@ -339,13 +340,13 @@ def test_interrupted_conversion_leaves_no_folder_behind(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        backbone_module._write_cache_entry(tmp_path / "entry", {"kind": "test"}, interrupted_build)
+        _model_cache._write_cache_entry(tmp_path / "entry", {"kind": "test"}, interrupted_build)
     assert list(tmp_path.iterdir()) == []
 
     unfinished = tmp_path / "entry"
     unfinished.mkdir()
     (unfinished / "model.safetensors").write_bytes(b"no manifest: a foreign or unfinished folder")
-    folder, built_now = backbone_module._ensure_cache_entry(
+    folder, built_now = _model_cache._ensure_cache_entry(
         unfinished, {"kind": "test"}, lambda folder: (folder / "weights.bin").write_bytes(b"ok")
     )
     assert built_now and sorted(p.name for p in folder.iterdir()) == ["sapo-cache.json", "weights.bin"]

@@ -42,7 +42,8 @@ def test_print_config_gives_a_complete_recipe(capsys):
     assert config["model"]["class_path"] == "sapo.evolution.SelfEvolution"
     assert config["model"]["init_args"]["reasoner"]["name_or_path"] == "smollm2-135m-instruct"
     assert config["data"]["init_args"]["task"]["class_path"].endswith("ArithmeticTask")
-    assert config["data"]["init_args"]["margin"] == 0.3  # every default is printed
+    assert config["model"]["init_args"]["pairs"]["margin"] == 0.3  # every default is printed
+    assert config["model"]["init_args"]["sampling"]["backend"] == "transformers"
 
 
 def _recipe_args(recipe: str) -> list[str]:

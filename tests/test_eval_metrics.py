@@ -9,6 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from sapo.data.reward import trajectory_reward
 from sapo.data.trajectory import Trajectory
 from sapo.eval.best_of_n import (
     AGGREGATES,
@@ -99,6 +100,12 @@ def test_aggregates_by_hand():
     assert aggregate_last(scores) == 0.8
     assert aggregate_product(scores) == pytest.approx(0.36)
     assert set(AGGREGATES) == {"min", "mean", "last", "product"}
+
+
+def test_the_aggregates_are_the_trajectory_reward_of_the_pairs():
+    scores = [0.9, 0.4, 0.8]
+    for name, aggregate in AGGREGATES.items():
+        assert aggregate(scores) == trajectory_reward(scores, name)
 
 
 def test_ties_go_to_the_earliest():

@@ -14,10 +14,12 @@ import torch
 from conftest import WrittenReasoner
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
+from sapo.data.tasks.base import Question, Task
 from sapo.data.tasks.gsm8k import GSM8KTask
 from sapo.data.tasks.mbpp import MBPPTask
 from sapo.eval.pass_at_k import mean_pass_at_k
 from sapo.eval.reasoner import evaluate_reasoner
+from sapo.eval.runners import ReasonerEvaluation
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -165,6 +167,88 @@ def test_code_tasks_are_checked_in_the_sandbox(tmp_path, tiny_model_and_tokenize
     assert result.strict_accuracy is None and result.flexible_accuracy is None
     assert items[0]["checks"][0]["kind"] == "passed" and items[1]["checks"][0]["kind"] != "passed"
     assert items[0]["answers"] == ["def add(a, b):\n    return a + b\n"]
+
+
+class WordTask(Task):
+    """A toy task: the answer is a completion's last word. Without :meth:`answer_forms` it is a plain task."""
+
+    name = "words"
+
+    def __init__(self, questions=()):
+        super().__init__()
+        self.questions = list(questions)
+
+    def load(self):
+        return list(self.questions)
+
+    def extract_answer(self, completion):
+        words = completion.split()
+        return words[-1] if words else None
+
+    def is_correct(self, answer, question):
+        return answer == question.answer
+
+
+class TwoFormWordTask(WordTask):
+    """The toy task with two more readings of the answer: the first word, and the last word upper-cased."""
+
+    def answer_forms(self, completion):
+        words = completion.split()
+        return {"first": words[0] if words else None, "shout": words[-1].upper() if words else None}
+
+
+def test_answer_forms_of_a_math_task_and_of_a_plain_task():
+    task = ArithmeticTask(split="test", num_questions=1)
+    assert task.answer_forms("3 + 4 = 7\nThe answer is 7.\n") == {"strict": "7", "flexible": "7"}
+    assert task.answer_forms("So the total is 12\n") == {"strict": None, "flexible": "12"}
+    assert task.answer_forms("The answer is 5. Check: 0.5 apples.\n") == {"strict": "5", "flexible": "0.5"}
+    assert task.answer_forms("no number here") == {"strict": None, "flexible": None}
+    assert WordTask().answer_forms("a b c") == {}  # the protocol's default: no other reading
+
+
+def test_evaluation_reports_one_accuracy_per_answer_form(tmp_path, tiny_model_and_tokenizer):
+    one = Question(id="words/0", question="Say the letter after a.", answer="b")
+    two = Question(id="words/1", question="Say the capital C.", answer="C")
+    task = TwoFormWordTask([one, two])
+    plans = {one.question: ["b x b", "a b"], two.question: ["c c", "x C"]}
+    model, tokenizer = written_reasoner(tiny_model_and_tokenizer, plans)
+    result = evaluate_reasoner(
+        model, tokenizer, task, num_samples=2, temperature=1.0, ks=(1,), max_new_tokens=16, out_dir=tmp_path
+    )
+    items = read_items(tmp_path / "words_items.jsonl")
+    assert [item["correct"] for item in items] == [[True, True], [False, True]]  # the last word
+    assert [item["first_answers"] for item in items] == [["b", "a"], ["c", "x"]]
+    assert [item["first_correct"] for item in items] == [[True, False], [False, False]]
+    assert [item["shout_answers"] for item in items] == [["B", "B"], ["C", "C"]]
+    assert [item["shout_correct"] for item in items] == [[False, False], [True, True]]
+    assert result.accuracy == 3 / 4
+    assert result.form_accuracy == {"first": 1 / 4, "shout": 2 / 4}
+    assert result.strict_accuracy is None and result.flexible_accuracy is None
+    summary = json.loads((tmp_path / "words_summary.json").read_text())
+    assert summary["answer_forms"] == ["first", "shout"]
+    assert summary["first_accuracy"] == 1 / 4 and summary["shout_accuracy"] == 2 / 4
+    assert "strict_accuracy" not in summary
+    metrics = ReasonerEvaluation(task, out_dir=str(tmp_path)).metrics(summary)
+    assert metrics == {
+        "words/accuracy": 0.75,
+        "words/num_questions": 2.0,
+        "words/pass@1": 0.75,
+        "words/first_accuracy": 0.25,
+        "words/shout_accuracy": 0.5,
+    }
+
+
+def test_answer_forms_must_name_the_same_forms_every_time(tiny_model_and_tokenizer):
+    class Fickle(WordTask):
+        def answer_forms(self, completion):
+            return {"first": completion.split()[0]} if completion.startswith("a") else {}
+
+    question = Question(id="words/0", question="Say a letter.", answer="b")
+    model, tokenizer = written_reasoner(tiny_model_and_tokenizer, {question.question: ["a b", "b"]})
+    with pytest.raises(ValueError, match="same names"):
+        evaluate_reasoner(
+            model, tokenizer, Fickle([question]), num_samples=2, temperature=1.0, max_new_tokens=8
+        )
 
 
 def test_tiny_random_model_end_to_end(tmp_path, tiny_model_and_tokenizer):

@@ -29,9 +29,9 @@ from sapo.eval.runners import (
     metrics_table,
     numeric_leaves,
 )
-from sapo.eval.verifier_metrics import choose_threshold, first_error_prediction, processbench_f1
 from sapo.models import TINY_RANDOM, BackboneSpec, PRMVerifier
 from sapo.models.reasoner import ORPOReasoner
+from sapo.models.verifier_metrics import choose_threshold, first_error_prediction, processbench_f1
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_CONFIGS = ROOT / "configs" / "eval"
@@ -220,11 +220,7 @@ def test_sapo_test_on_the_processbench_recipe_scores_the_saved_verifier(
             "test",
             "--config",
             str(EVAL_CONFIGS / "processbench.yaml"),
-            "--model.init_args.backbone.name_or_path",
-            str(saved_verifier),
-            "--model.init_args.backbone.cache_dir",
-            sapo_cache_dir,
-            "--data.init_args.verifier",
+            "--model.init_args.path",
             str(saved_verifier),
             "--data.init_args.files",
             json.dumps([str(data)]),
@@ -264,12 +260,12 @@ def test_without_a_saved_verifier_the_model_is_scored_with_its_checkpoint_weight
             "test",
             "--config",
             str(EVAL_CONFIGS / "processbench.yaml"),
+            "--model",
+            "sapo.models.verifier.PRMVerifier",
             "--model.init_args.backbone.name_or_path",
             str(saved_verifier),  # a new head: only the checkpoint makes it the trained verifier
             "--model.init_args.backbone.cache_dir",
             sapo_cache_dir,
-            "--data.init_args.verifier",
-            "null",
             "--data.init_args.files",
             json.dumps([str(data)]),
             "--data.init_args.threshold",
@@ -305,6 +301,53 @@ def test_processbench_threshold_chosen_on_a_separate_file_with_the_module_as_ver
     assert (
         json.loads((tmp_path / "out" / "processbench.json").read_text())["threshold"] == summary["threshold"]
     )
+
+
+def test_processbench_scores_the_module_itself_without_loading_a_model(tmp_path, monkeypatch, saved_verifier):
+    data = write_rows(tmp_path / "rows.jsonl", processbench_rows("p"))
+    predictions = [first_error_prediction(s, 0.5) for s in reference_scores(saved_verifier, data)]
+    module = PRMVerifier.from_pretrained(saved_verifier, backbone_options={"dtype": "float32"})
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the evaluation loaded a model")
+
+    monkeypatch.setattr(PRMVerifier, "from_pretrained", no_loading)
+    monkeypatch.setattr(BackboneSpec, "load", no_loading)
+    evaluation = ProcessBenchEvaluation(files=[str(data)], threshold=0.5, out_dir=str(tmp_path / "out"))
+    summary = evaluation.evaluate(module, cpu_trainer())
+    assert summary["sets"][str(data)]["predictions"] == predictions
+
+
+def test_a_saved_verifier_is_loaded_once_where_the_weights_are(tmp_path, monkeypatch, saved_verifier):
+    """Device and dtype come from the module's weights themselves (not from what its backbone spec says),
+    or, for a module without weights, from the trainer; the saved verifier is the one model loaded."""
+    data = write_rows(tmp_path / "rows.jsonl", processbench_rows("p"))
+    predictions = [first_error_prediction(s, 0.5) for s in reference_scores(saved_verifier, data)]
+    loads = []
+    original = PRMVerifier.from_pretrained
+
+    def counted(path, backbone_options=None, **overrides):
+        loads.append(dict(backbone_options))
+        return original(path, backbone_options=backbone_options, **overrides)
+
+    monkeypatch.setattr(PRMVerifier, "from_pretrained", counted)
+    evaluation = ProcessBenchEvaluation(
+        files=[str(data)], threshold=0.5, verifier=str(saved_verifier), out_dir=str(tmp_path / "out")
+    )
+    summary = evaluation.evaluate(L.LightningModule(), cpu_trainer())  # no weights: the trainer decides
+    assert loads == [{"device": "cpu", "dtype": "float32"}]
+    assert summary["sets"][str(data)]["predictions"] == predictions  # the saved head, at full precision
+
+    class Reasoner(L.LightningModule):  # its spec says float32, its weights are bfloat16
+        def __init__(self):
+            super().__init__()
+            self.backbone_spec = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=str(tmp_path / "cache"))
+            self.model = torch.nn.Linear(2, 2, dtype=torch.bfloat16)
+            self.head = torch.nn.Linear(2, 1)  # float32, and not the backbone
+
+    loads.clear()
+    evaluation.evaluate(Reasoner(), cpu_trainer())
+    assert loads == [{"device": "cpu", "dtype": "bfloat16", "cache_dir": str(tmp_path / "cache")}]
 
 
 # --------------------------------------------------------------------------------------------- best-of-N
@@ -471,11 +514,17 @@ def test_a_bad_value_in_a_recipe_stops_the_command_naming_it(capsys, sapo_cache_
     assert "ks" in message
 
 
-def test_an_evaluation_cannot_be_fit_and_its_metrics_are_its_numbers(tmp_path):
+def test_an_evaluation_is_no_data_module_cannot_be_fit_and_its_metrics_are_its_numbers(
+    tmp_path, sapo_cache_dir
+):
     evaluation = ReasonerEvaluation(arithmetic_task(), out_dir=str(tmp_path))
-    assert isinstance(evaluation, Evaluation)
-    with pytest.raises(RuntimeError, match="sapo test"):
-        evaluation.train_dataloader()
+    assert isinstance(evaluation, Evaluation) and not isinstance(evaluation, L.LightningDataModule)
+    recipe = ["--config", str(EVAL_CONFIGS / "arithmetic.yaml"), *tiny_backbone(sapo_cache_dir)]
+    with pytest.raises(
+        ValueError, match="run `sapo test` or `sapo validate` with this config, not `sapo fit`"
+    ):
+        SapoCLI(args=["fit", *recipe, "--data.init_args.out_dir", str(tmp_path / "fit")])
+    assert not (tmp_path / "fit").exists()
     summary = {"a": {"b": 0.25, "flag": True, "name": "x"}, "n": 3, "rows": [1, 2]}
     assert numeric_leaves(summary) == {"a/b": 0.25, "n": 3.0}
     assert metrics_table({"a/b": 0.25, "n": 3.0}).splitlines()[2:] == ["| a/b | 0.2500 |", "| n | 3 |"]

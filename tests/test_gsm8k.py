@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sapo.data.tasks.base import Question, Task
 from sapo.data.tasks.gsm8k import GSM8KTask, gold_solution, gsm8k_gold_equations
 from sapo.data.tasks.loading import InvalidRowError
-from sapo.data.tasks.math_oracle import answers_equal, extract_answers, extract_final_answer, parse_number
+from sapo.data.tasks.math import answers_equal, extract_answers, extract_final_answer, parse_number
 
 DATA = SHARED_DATA / "gsm8k"
 needs_data = pytest.mark.skipif(not (DATA / "train.jsonl").is_file(), reason="GSM8K files not present")

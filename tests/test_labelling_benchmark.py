@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
-from sapo.data.trajectory import Cost, Trajectory
+from sapo.data.trajectory import NO_ERROR, Cost, Trajectory, first_error_of
 from sapo.supervision import (
     FirstErrorSupervision,
     LabelResult,
@@ -41,13 +41,6 @@ def trajectory(labels, outcome, cost=None, **meta) -> Trajectory:
 
 
 # --------------------------------------------------------------------------------------------- definitions
-
-
-def test_first_error_is_the_first_label_below_one_half(bench):
-    assert bench.first_error([1.0, 1.0, 0.0, 0.0]) == 2
-    assert bench.first_error([1.0, 0.4, 1.0]) == 1  # soft labels are thresholded, later steps do not matter
-    assert bench.first_error([1.0, 0.5, 1.0]) == -1  # 0.5 is not below 0.5
-    assert bench.first_error([1.0, 1.0]) == -1
 
 
 def test_first_error_accuracy_and_step_f1_on_a_hand_built_case(bench):
@@ -150,7 +143,7 @@ def broken_arithmetic(steps_broken=(0, 2, 3)):
 def test_monte_carlo_with_an_oracle_sampler_scores_perfectly_and_outcome_does_not(bench):
     task, questions, trajectories = broken_arithmetic()
     truth = bench.OracleTruth(task, questions)
-    assert [bench.first_error(truth(t)) for t in trajectories] == [0, 2, 3, -1]
+    assert [first_error_of(truth(t)) for t in trajectories] == [0, 2, 3, NO_ERROR]
     sampler = OracleSampler(task, questions)
 
     mc = bench.evaluate(

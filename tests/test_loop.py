@@ -168,16 +168,17 @@ def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_d
     run_dir = tmp_path / "run"
     config = yaml.safe_load((CONFIGS / "ablations" / overlay).read_text())
     smaller = ["--model.init_args.iterations", str(min(1, config["model"]["init_args"].get("iterations", 1)))]
+    labelling = config["model"]["init_args"].get("labelling", {})
     for key in ("initial_strategy", "strategy"):  # keep the smoke run small: 2 completions per estimate
-        strategy = config.get("data", {}).get("init_args", {}).get(key)
+        strategy = labelling.get(key)
         if strategy and "k" in strategy.get("init_args", {}):
-            smaller += [f"--data.init_args.{key}.init_args.k", "2"]
+            smaller += [f"--model.init_args.labelling.{key}.init_args.k", "2"]
     command = _command(run_dir, sapo_cache_dir, "--config", str(CONFIGS / "ablations" / overlay), *smaller)
     result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
-    strategy = config.get("data", {}).get("init_args", {}).get("strategy", {}).get("class_path")
-    if config.get("data", {}).get("init_args", {}).get("pair_source") == "rft":
+    strategy = labelling.get("strategy", {}).get("class_path")
+    if config["model"]["init_args"].get("pairs", {}).get("source") == "rft":
         assert "labels_1" not in phases and "verifier_1" not in phases and "orpo_1" in phases
     elif config["model"]["init_args"].get("iterations") == 0:
         assert "eval_0" in phases and not any(p.endswith("_1") for p in phases)
@@ -191,12 +192,19 @@ def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_d
 @pytest.mark.parametrize(
     "override, message",
     [
-        (["--data.init_args.marginn", "0.3"], "marginn"),
+        (["--model.init_args.pairs.marginn", "0.3"], "marginn"),
         (["--model.init_args.iterations", "two"], "iterations"),
-        (["--data.init_args.strategy.init_args.k", "-1"], "k must be at least 1"),
-        (["--data.init_args.margin", "1.5"], "data.margin"),
-        (["--data.init_args.strategy.class_path", "sapo.supervision.NoSuchSupervision"], "NoSuchSupervision"),
-        (["--model.init_args.orpo_init", "scratch"], "orpo_init"),
+        (["--model.init_args.labelling.strategy.init_args.k", "-1"], "k must be at least 1"),
+        (["--model.init_args.pairs.margin", "1.5"], "model.init_args.pairs.margin"),
+        (["--model.init_args.sampling.temperature", "-1"], "model.init_args.sampling.temperature"),
+        (["--model.init_args.sampling.backend", "tgi"], "model.init_args.sampling.backend"),
+        (["--model.init_args.verifier.loss", "hinge"], "model.init_args.verifier.loss"),
+        (["--data.init_args.chunk_size", "0"], "data.init_args.chunk_size"),
+        (
+            ["--model.init_args.labelling.strategy.class_path", "sapo.supervision.NoSuchSupervision"],
+            "NoSuchSupervision",
+        ),
+        (["--model.init_args.orpo.init", "scratch"], "model.init_args.orpo.init"),
     ],
 )
 def test_a_bad_loop_config_fails_before_any_work(override, message, tmp_path, capsys):
@@ -219,17 +227,18 @@ def test_a_bad_loop_config_fails_before_any_work(override, message, tmp_path, ca
 
 
 def test_a_run_directory_refuses_other_settings(tmp_path):
-    run = RunDirectory(tmp_path, {"model": {"iterations": 2}, "data": {"margin": 0.3}})
+    settings = {"model": {"iterations": 2, "pairs": {"margin": 0.3}}, "data": {"chunk_size": 4}}
+    run = RunDirectory(tmp_path, settings)
     run.finish("sft", reasoner="x")
-    assert RunDirectory(tmp_path, {"model": {"iterations": 2}, "data": {"margin": 0.3}}).done("sft")
-    with pytest.raises(RunMismatchError, match="data.margin"):
-        RunDirectory(tmp_path, {"model": {"iterations": 2}, "data": {"margin": 0.5}})
+    assert RunDirectory(tmp_path, settings).done("sft")
+    with pytest.raises(RunMismatchError, match="model.pairs.margin"):
+        RunDirectory(tmp_path, {**settings, "model": {"iterations": 2, "pairs": {"margin": 0.5}}})
 
 
 def test_the_strategy_is_one_command_line_flag(tmp_path):
     args = ["--config", str(CONFIGS / "demo.yaml"), "--model.init_args.run_dir", str(tmp_path / "run")]
-    flag = ["--data.init_args.strategy", "sapo.supervision.MonteCarloSupervision"]
-    cli = SapoCLI(args=args + flag + ["--data.init_args.strategy.init_args.k", "3"], run=False)
-    strategy = cli.datamodule.strategy
+    flag = ["--model.init_args.labelling.strategy", "sapo.supervision.MonteCarloSupervision"]
+    cli = SapoCLI(args=args + flag + ["--model.init_args.labelling.strategy.init_args.k", "3"], run=False)
+    strategy = cli.model.labelling.strategy
     assert type(strategy).__name__ == "MonteCarloSupervision" and strategy.k == 3
-    assert type(SapoCLI(args=args, run=False).datamodule.strategy).__name__ == "FirstErrorSupervision"
+    assert type(SapoCLI(args=args, run=False).model.labelling.strategy).__name__ == "FirstErrorSupervision"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sapo.data.pairs import build_pairs, pair_stats, rft_pairs, trajectory_reward
+from sapo.data.pairs import build_pairs, rft_pairs, trajectory_reward
 from sapo.data.trajectory import Trajectory
 
 
@@ -26,6 +26,28 @@ def test_reward_is_the_mean_step_score():
     assert trajectory_reward([0.2]) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="without steps"):
         trajectory_reward([])
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "expected"),
+    [("mean", 0.6875), ("min", 0.25), ("last", 0.5), ("product", 0.125)],  # 2.75 / 4; 1 · 0.25 · 1 · 0.5
+)
+def test_reward_under_each_aggregation_by_hand(aggregation, expected):
+    scores = [1.0, 0.25, 1.0, 0.5]
+    assert trajectory_reward(scores, aggregation) == expected
+    with pytest.raises(ValueError, match="without steps"):
+        trajectory_reward([], aggregation)
+
+
+def test_the_mean_reward_does_not_depend_on_the_order_of_the_steps():
+    scores = [0.1, 0.2, 0.3, 0.4]
+    assert sum(scores) != sum(reversed(scores))  # a plain running sum would tell these two apart
+    assert trajectory_reward(scores) == trajectory_reward(scores[::-1]) == 0.25
+
+
+def test_an_unknown_aggregation_is_refused():
+    with pytest.raises(ValueError, match="unknown aggregation 'median'"):
+        trajectory_reward([0.9, 0.4], "median")
 
 
 def test_pairs_need_the_margin_and_a_correct_chosen_side():
@@ -86,12 +108,7 @@ def test_questions_are_paired_separately_and_summarised():
     scores = [[1.0, 1.0], [0.5, 0.5], [0.0, 0.5], [0.5, 0.375], [1.0, 1.0], [0.0, 0.0]]
     pairs = build_pairs(trajectories, scores)
     assert _names(pairs) == [("A", "C")]  # q2 is 0.0625 apart; q3 has no correct answer
-    stats = pair_stats(trajectories, pairs)
-    assert (stats.questions, stats.pairs, stats.questions_without_pair) == (3, 1, 2)
-    assert stats.mean_margin == pytest.approx(0.75)
-    assert stats.to_dict()["questions"] == 3
-    empty = pair_stats(trajectories, [])
-    assert empty.mean_margin is None and empty.questions_without_pair == 3
+    assert pairs[0].margin == pytest.approx(0.75)
 
 
 def test_equal_solutions_are_never_a_pair():

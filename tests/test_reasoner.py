@@ -203,3 +203,34 @@ def test_logged_metrics_under_train_and_val(reasoner):
             assert metrics[f"{stage}/{name}"].item() == pytest.approx(value, rel=1e-4, abs=1e-6), (
                 f"{stage}/{name}"
             )
+
+
+def test_save_pretrained_merges_lora_into_a_plain_checkpoint_and_keeps_the_adapters(sapo_cache_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sapo.models.backbone import LoraSettings
+
+    module = ORPOReasoner(
+        BackboneSpec(
+            TINY_RANDOM,
+            dtype="float32",
+            cache_dir=sapo_cache_dir,
+            lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+        )
+    )
+    with torch.no_grad():  # move the adapters off their zero start, so merging matters
+        for name, parameter in module.model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05)
+    ids = torch.tensor([[1, 20, 30, 40]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = module(ids, mask)
+    merged = module.save_pretrained(tmp_path / "merged")
+    assert not (merged / "adapter_config.json").exists()
+    plain = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5)
+    assert hasattr(module.model, "merge_and_unload")  # the module itself still trains its adapters
+    adapter = module.save_pretrained(tmp_path / "adapter", merge_lora=False)
+    assert (adapter / "adapter_config.json").is_file()

@@ -15,23 +15,25 @@ from conftest import WrittenReasoner
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.data.tasks.base import Question
-from sapo.data.trajectory import Trajectory
+from sapo.data.tasks.math import ANSWER_LINE_RE
+from sapo.data.trajectory import Cost, Trajectory
 from sapo.models import TINY_RANDOM, BackboneSpec
 from sapo.rollout import (
-    ANSWER_LINE_STOP,
     Sampler,
-    SamplingCost,
     StopRule,
     TaskRolloutSampler,
     as_stop_rule,
     deduplicate,
     generate_batched,
     shared_prefill,
+    task_stop_rule,
 )
 from sapo.rollout.generate import finish_generation, first_stop_point
 from sapo.supervision.protocols import Prefix, RolloutSampler
 
 ANSWER_SCRIPT = "3 + 4 = 7\nThe answer is 7.\nmore text after the answer\n"
+#: ends a math completion just after its answer line, as the math tasks' ``completion_end`` does
+ANSWER_LINE_STOP = StopRule.regex(ANSWER_LINE_RE)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -175,7 +177,7 @@ def test_shared_prefill_reads_the_common_prefix_and_each_distinct_prompt_once(ti
     prompts = [SHARED_PROMPTS[0]] * 4 + [SHARED_PROMPTS[1]] * 4
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in SHARED_PROMPTS[:2]]
     common = len(tokenizer(SHARED_HEADER, add_special_tokens=False)["input_ids"]) - 1  # a token may straddle
-    shared, plain = SamplingCost(), SamplingCost()
+    shared, plain = Cost(), Cost()
     kwargs = dict(max_new_tokens=4, batch_size=8)
     greedy = generate_batched(model, tokenizer, prompts, cost=shared, **kwargs)
     assert generate_batched(model, tokenizer, prompts, cost=plain, share_prefill=False, **kwargs) == greedy
@@ -196,7 +198,7 @@ def test_stop_rule_cuts_the_text_after_the_answer_line_and_counts_tokens_to_the_
     n_script = len(tokenizer(ANSWER_SCRIPT, add_special_tokens=False)["input_ids"])
     prompts = [PLAIN_PROMPTS[0], PLAIN_PROMPTS[1]]
 
-    cost = SamplingCost()
+    cost = Cost()
     stopped = generate_batched(model, tokenizer, prompts, max_new_tokens=40, stop=ANSWER_LINE_STOP, cost=cost)
     assert stopped[0].text == "3 + 4 = 7\nThe answer is 7.\n"
     assert (stopped[0].num_tokens, stopped[0].finish_reason) == (n_answer, "stop")
@@ -225,6 +227,10 @@ def test_stop_rules_from_regex_and_callable():
     assert ANSWER_LINE_STOP.end("1 + 1 = 2\nThe answer is 2.\nx") == len("1 + 1 = 2\nThe answer is 2.\n")
     assert ANSWER_LINE_STOP.end("The answer is 2.") is None  # the line is not finished yet
     assert ANSWER_LINE_STOP.end("the answer is unclear\n") is None
+    from_task = task_stop_rule(ArithmeticTask())  # the rule the sampler takes from a math task: the same
+    assert from_task is not None and from_task.trigger == ANSWER_LINE_STOP.trigger
+    for text in ("1 + 1 = 2\nThe answer is 2.\nx", "The answer is 2.", "#### 7\n", "\\boxed{3}\n", "no\n"):
+        assert from_task.end(text) == ANSWER_LINE_STOP.end(text)
 
 
 def test_cost_records_each_call_and_the_running_total(tiny):
@@ -239,7 +245,7 @@ def test_cost_records_each_call_and_the_running_total(tiny):
     second = [g for s in sampler.generate(PLAIN_PROMPTS[:1], 1) for g in s]
     assert sampler.last_cost.completions == 1 and sampler.last_cost.generated_tokens == second[0].num_tokens
     assert sampler.cost == first_cost + sampler.last_cost
-    assert sampler.cost.as_cost().generated_tokens == sum(g.num_tokens for g in first + second)
+    assert sampler.cost.generated_tokens == sum(g.num_tokens for g in first + second)
 
 
 def test_progress_bar_shows_sequence_and_token_rates(tiny, capsys):
@@ -282,7 +288,7 @@ def test_sample_trajectories_checks_and_deduplicates_per_question(scripted_model
 
     model, tokenizer = scripted(scripted_model, script)
     sampler = Sampler(model, tokenizer, max_new_tokens=60, batch_size=4, seed=0, progress=False)
-    sampler_for_task = TaskRolloutSampler(sampler, task, questions, stop=ANSWER_LINE_STOP)
+    sampler_for_task = TaskRolloutSampler(sampler, task, questions, stop=task_stop_rule(task))
     trajectories = sampler_for_task.sample_trajectories([right, wrong], 3)
 
     assert [t.question_id for t in trajectories] == [right.id, wrong.id]  # three identical samples each
@@ -316,7 +322,7 @@ def test_rollouts_continue_exactly_the_question_prompt_plus_the_prefix_text(scri
 
     model, tokenizer = scripted(scripted_model, script)
     sampler = Sampler(model, tokenizer, max_new_tokens=40, batch_size=8, seed=0, progress=False)
-    adapter = TaskRolloutSampler(sampler, task, questions, stop=ANSWER_LINE_STOP)
+    adapter = TaskRolloutSampler(sampler, task, questions, stop=task_stop_rule(task))
     assert isinstance(adapter, RolloutSampler)
     results = adapter.rollouts(prefixes, k=2)
 
@@ -346,7 +352,9 @@ def test_outcome_is_checked_on_prefix_plus_continuation(scripted_model, task, qu
     prefix = Prefix(gold, gold.num_steps - 1)  # every equation, not the answer line
     model, tokenizer = scripted(scripted_model, lambda prompt: "no more numbers here\n")
     sampler = Sampler(model, tokenizer, max_new_tokens=12, seed=0, progress=False)
-    [[rollout]] = TaskRolloutSampler(sampler, task, questions, stop=ANSWER_LINE_STOP).rollouts([prefix], k=1)
+    [[rollout]] = TaskRolloutSampler(sampler, task, questions, stop=task_stop_rule(task)).rollouts(
+        [prefix], k=1
+    )
     assert rollout.steps == ["no more numbers here"]
     assert rollout.final_answer == q.answer and rollout.outcome is True
 
@@ -368,7 +376,7 @@ def test_a_finished_prefix_is_not_continued(tiny, task, questions):
     model, tokenizer = tiny
     sampler = Sampler(model, tokenizer, max_new_tokens=5, seed=0, progress=False)
     gold = task.gold_trajectory(questions[0])
-    [rollouts] = TaskRolloutSampler(sampler, task, questions, stop=ANSWER_LINE_STOP).rollouts(
+    [rollouts] = TaskRolloutSampler(sampler, task, questions, stop=task_stop_rule(task)).rollouts(
         [Prefix(gold, gold.num_steps)], k=2
     )
     assert [(r.steps, r.outcome, r.num_tokens, r.meta["finished_prefix"]) for r in rollouts] == [

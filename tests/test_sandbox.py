@@ -19,15 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from sapo.data import sandbox as sandbox_module
-from sapo.data.sandbox import (
+from sapo.sandbox import (
     ISOLATION_LAYERS,
     RESULT_KINDS,
     IsolationUnavailable,
     Sandbox,
     SandboxResult,
     detect_isolation,
+    harness,
+    isolation,
+    process,
+    results,
 )
+from sapo.sandbox import sandbox as sandbox_module
 
 DETECTED = detect_isolation()
 USABLE = [layer for layer in ISOLATION_LAYERS if DETECTED[layer][0]]
@@ -184,7 +188,7 @@ def test_a_gigabyte_of_output_is_cut_off(box):
     flood = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)\n"
     result = box.run(flood, ["assert True"])
     assert_failed(result, "output")
-    assert len(result.stdout) <= sandbox_module.KEPT_OUTPUT_BYTES
+    assert len(result.stdout) <= results.KEPT_OUTPUT_BYTES
 
 
 def test_file_bomb_is_stopped(box):
@@ -333,7 +337,7 @@ def test_forged_pass_report_is_rejected(box):
 
 def test_token_is_not_readable_from_outside_the_harness(box, monkeypatch):
     token = "feedface" * 4
-    monkeypatch.setattr(sandbox_module.secrets, "token_hex", lambda nbytes=None: token)
+    monkeypatch.setattr(process.secrets, "token_hex", lambda nbytes=None: token)
     spy = (
         "import os, sys\n"
         "print(sys.argv, dict(os.environ), sys.stdin.read())\n"
@@ -420,7 +424,7 @@ def test_plain_values_of_the_standard_library_compare_normally(box):
 
 
 def test_plain_check_in_process():
-    plain = sandbox_module._h_plain
+    plain = harness._h_plain
     assert plain([1, (2.0, "x"), {"k": {3}}, None, b"y"]) == [1, (2.0, "x"), {"k": {3}}, None, b"y"]
     assert plain(collections.Counter("aa")) == {"a": 2} and type(plain(collections.Counter("a"))) is dict
     loop: list = []
@@ -431,7 +435,7 @@ def test_plain_check_in_process():
         def __eq__(self, other):
             return True
 
-    with pytest.raises(sandbox_module._HUntrusted):
+    with pytest.raises(harness._HUntrusted):
         plain([1, (Liar(),)])
 
 
@@ -479,7 +483,7 @@ def test_unknown_isolation_is_refused():
 
 
 def test_unusable_layer_is_refused(monkeypatch):
-    executable = sandbox_module._find_interpreter(None).executable
+    executable = isolation._find_interpreter(None).executable
     monkeypatch.setitem(sandbox_module._DETECTED, ("bwrap", executable, os.geteuid()), (False, "test"))
     with pytest.raises(IsolationUnavailable, match="test"):
         Sandbox(isolation="bwrap")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sapo.data.trajectory import Cost, Trajectory
+from sapo.data.trajectory import NO_ERROR, Cost, Trajectory, prefix_labels
 from sapo.supervision import (
     BinarySearchSupervision,
     Detection,
@@ -28,7 +28,6 @@ from sapo.supervision import (
     expansion_labels,
     hard_rule,
     largest_drop,
-    prefix_labels,
     random_step,
     rollout_estimate,
     soft_rule,
@@ -141,7 +140,7 @@ def test_scripted_doubles_satisfy_the_protocols():
 def test_label_rules():
     assert hard_rule([False, False, True]) == 1.0 and hard_rule([False] * 8) == 0.0
     assert soft_rule([True, False, False, True]) == 0.5 and soft_rule([False]) == 0.0
-    assert prefix_labels(4, 1) == [1.0, 0.0, 0.0, 0.0] and prefix_labels(2, 2) == [1.0, 1.0]
+    assert prefix_labels(4, 1) == [1.0, 0.0, 0.0, 0.0] and prefix_labels(2, NO_ERROR) == [1.0, 1.0]
 
 
 def test_rollout_estimate_one_call_values_and_cost():

@@ -12,7 +12,10 @@ from transformers import AutoModelForTokenClassification
 
 from sapo.data.prm import PRMDataModule
 from sapo.data.trajectory import Trajectory, write_jsonl
-from sapo.eval.verifier_metrics import (
+from sapo.models import TINY_RANDOM, BackboneSpec, LoraSettings
+from sapo.models.schedule import linear_warmup_decay, linear_warmup_decay_scheduler
+from sapo.models.verifier import PRMVerifier, fill_unplaced_scores, gather_steps, step_loss
+from sapo.models.verifier_metrics import (
     FirstErrorAccuracy,
     ProcessBenchF1,
     choose_threshold,
@@ -21,9 +24,6 @@ from sapo.eval.verifier_metrics import (
     processbench_f1,
     threshold_candidates,
 )
-from sapo.models import TINY_RANDOM, BackboneSpec, LoraSettings
-from sapo.models.schedule import linear_warmup_decay, linear_warmup_decay_scheduler
-from sapo.models.verifier import PRMVerifier, fill_unplaced_scores, gather_steps, step_loss
 from sapo.supervision.protocols import StepScorer
 
 # ----------------------------------------------------------------------------------------------- helpers

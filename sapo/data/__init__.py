@@ -21,16 +21,14 @@ __all__ = [
 ]
 
 from sapo.data.batching import LengthGroupedBatchSampler
-from sapo.data.pairs import PairStats, build_pairs, pair_stats, rft_pairs, trajectory_reward
+from sapo.data.pairs import build_pairs, rft_pairs, trajectory_reward
 from sapo.data.prm import PRMCollator, PRMDataModule, PRMExample, read_labelled_trajectories, verifier_prompt
 
 __all__ += ["PRMCollator", "PRMDataModule", "PRMExample", "read_labelled_trajectories", "verifier_prompt"]
 
 __all__ += [
     "LengthGroupedBatchSampler",
-    "PairStats",
     "build_pairs",
-    "pair_stats",
     "rft_pairs",
     "trajectory_reward",
 ]

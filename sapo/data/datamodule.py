@@ -12,7 +12,7 @@ from sapo.data.batching import training_dataloader
 from sapo.data.preference import PairCollator, PreferencePair
 from sapo.data.tasks.base import Task
 
-__all__ = ["SFTDataModule", "gold_pairs", "pair_lengths"]
+__all__ = ["ItemsDataModule", "SFTDataModule", "gold_pairs", "pair_lengths"]
 
 
 def gold_pairs(task: Task, tokenizer: Any) -> list[PreferencePair]:
@@ -107,4 +107,49 @@ class SFTDataModule(L.LightningDataModule):
             return []
         return DataLoader(
             self.val_pairs, batch_size=self.batch_size, collate_fn=self.collator, num_workers=self.num_workers
+        )
+
+
+class ItemsDataModule(L.LightningDataModule):
+    """A training phase's data, built before the phase: items (preference pairs, verifier examples) with their
+    collator and token lengths, served as length-grouped batches (:func:`~sapo.data.batching.training_dataloader`).
+
+    The self-evolution loop builds one per training phase from what earlier phases produced, so each phase's
+    trainer reads a DataModule made for it rather than a shared one refilled between fits.
+
+    Args:
+        items: what the collator batches.
+        collator: turns a list of items into a batch of tensors.
+        lengths: each item's token length (batches group similar lengths).
+        batch_size: items per batch.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Any],
+        collator: Any,
+        lengths: Sequence[int],
+        batch_size: int = 8,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not items:
+            raise ValueError("a training phase got no data (see the run directory's manifest for counts)")
+        if len(lengths) != len(items):
+            raise ValueError(f"{len(lengths)} lengths for {len(items)} items")
+        self.items = list(items)
+        self.collator = collator
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def train_dataloader(self) -> DataLoader:
+        return training_dataloader(
+            self.items,
+            self.lengths,
+            self.batch_size,
+            self.collator,
+            self.num_workers,
+            distributed=self.trainer is not None and self.trainer.world_size > 1,
         )

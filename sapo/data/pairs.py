@@ -1,26 +1,22 @@
 """Preference pairs from scored trajectories (the loop's ``Pairs(V_t, D_t)``), and RFT's SFT-only data.
 
-The verifier scores every step of every sampled trajectory; a trajectory's reward is its mean step score,
-and for each question the trajectories whose rewards differ by at least a margin become ORPO pairs
-(chosen, rejected). RFT, the rejection-sampling baseline, instead fine-tunes on the correct samples alone.
+The verifier scores every step of every sampled trajectory; a trajectory's reward is its mean step score
+(:func:`~sapo.data.reward.trajectory_reward`), and for each question the trajectories whose rewards differ
+by at least a margin become ORPO pairs (chosen, rejected). RFT, the rejection-sampling baseline, instead fine-tunes on the correct samples alone.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from sapo.data.preference import PreferencePair
+from sapo.data.reward import trajectory_reward
+from sapo.data.steps import normalised_steps
 from sapo.data.trajectory import Trajectory
 
 __all__ = [
-    "PairStats",
     "build_pairs",
-    "normalised_steps",
-    "pair_stats",
     "rft_pairs",
     "trajectory_reward",
 ]
@@ -32,21 +28,6 @@ PromptSource = Callable[[Trajectory], str] | Mapping[str, str] | None
 #: slack on the margin test, so that rewards like 0.7 and 0.4 (a float difference of 0.29999999999999993)
 #: count as 0.3 apart
 MARGIN_TOLERANCE = 1e-9
-
-
-def trajectory_reward(scores: Sequence[float]) -> float:
-    """The reward of a trajectory, its mean step score: ``r(τ) = (1 / (n + 1)) * sum_{j=0..n} ĉ_j``.
-
-    ``ĉ_j = V(q, s_0..s_j)`` is the verifier's score of step ``j``; a trajectory without steps has no reward.
-    """
-    if len(scores) == 0:
-        raise ValueError("a trajectory without steps has no reward (the mean of no step scores)")
-    return math.fsum(scores) / len(scores)
-
-
-def normalised_steps(trajectory: Trajectory) -> tuple[str, ...]:
-    """The steps lower-cased with white space collapsed: two trajectories with equal keys are one solution."""
-    return tuple(" ".join(step.lower().split()) for step in trajectory.steps)
 
 
 def prompt_of(trajectory: Trajectory, prompt: PromptSource) -> str:
@@ -100,11 +81,12 @@ def candidate_pairs(
     rewards: Sequence[float],
     margin: float,
     require_correct_chosen: bool,
+    dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
 ) -> list[tuple[float, int, int]]:
     """``(r_w - r_l, w, l)`` for every ordered pair of one question's trajectories that may be a pair.
 
     A pair needs ``r_w - r_l >= margin`` and ``r_w > r_l`` (so a zero margin never pairs equal rewards both
-    ways), two different solutions (:func:`normalised_steps`), and, with ``require_correct_chosen``, a chosen
+    ways), two different solutions (``dedup_key`` differs), and, with ``require_correct_chosen``, a chosen
     side whose outcome is True. Sorted by margin, largest first; ties by the input order of the chosen side,
     then of the rejected side.
     """
@@ -116,7 +98,7 @@ def candidate_pairs(
             gap = rewards[w] - rewards[lose]
             if gap <= 0 or gap < margin - MARGIN_TOLERANCE:
                 continue
-            if normalised_steps(trajectories[w]) == normalised_steps(trajectories[lose]):
+            if dedup_key(trajectories[w]) == dedup_key(trajectories[lose]):
                 continue
             found.append((gap, w, lose))
     found.sort(key=lambda c: (-c[0], c[1], c[2]))
@@ -154,6 +136,7 @@ def build_pairs(
     max_pairs_per_question: int = 4,
     require_correct_chosen: bool = True,
     prompt: PromptSource = None,
+    dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
 ) -> list[PreferencePair]:
     """ORPO pairs ``(τ_w, τ_l)`` per question with ``r(τ_w) - r(τ_l) >= margin``, largest margin first.
 
@@ -177,6 +160,8 @@ def build_pairs(
         require_correct_chosen: the chosen side must be a correct answer.
         prompt: the prompt the reasoner sees: a function of the trajectory, a mapping from question id to
             prompt, or ``None`` for the trajectory's question text.
+        dedup_key: when two trajectories are the same solution (never a pair); pass the task's
+            ``dedup_key``. Default: :func:`~sapo.data.steps.normalised_steps`, the base task's rule.
 
     Returns:
         The pairs, question by question in order of first appearance, each with its reward margin.
@@ -192,7 +177,9 @@ def build_pairs(
         by_question.setdefault(trajectory.question_id, []).append(index)
     pairs = []
     for question_id, members in by_question.items():
-        candidates = candidate_pairs(members, trajectories, rewards, margin, require_correct_chosen)
+        candidates = candidate_pairs(
+            members, trajectories, rewards, margin, require_correct_chosen, dedup_key
+        )
         for gap, w, lose in select_pairs(candidates, max_pairs_per_question):
             pairs.append(
                 PreferencePair(
@@ -204,39 +191,6 @@ def build_pairs(
                 )
             )
     return pairs
-
-
-@dataclass
-class PairStats:
-    """What pairing produced, for the loop's report.
-
-    Attributes:
-        questions: distinct questions among the trajectories.
-        pairs: pairs built.
-        questions_without_pair: questions that gave no pair (no sample good enough, or all alike).
-        mean_margin: mean reward margin of the pairs (``None`` when there is none).
-    """
-
-    questions: int
-    pairs: int
-    questions_without_pair: int
-    mean_margin: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def pair_stats(trajectories: Sequence[Trajectory], pairs: Sequence[PreferencePair]) -> PairStats:
-    """Summarise ``pairs`` built from ``trajectories``; ``mean_margin = (1/|P|) * sum_p margin_p``."""
-    questions = {t.question_id for t in trajectories}
-    paired = {p.question_id for p in pairs}
-    margins = [p.margin for p in pairs if p.margin is not None]
-    return PairStats(
-        questions=len(questions),
-        pairs=len(pairs),
-        questions_without_pair=len(questions - paired),
-        mean_margin=math.fsum(margins) / len(margins) if margins else None,
-    )
 
 
 def rft_pairs(

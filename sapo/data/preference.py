@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
 from sapo.data.steps import DEFAULT_SEPARATOR, encode_steps
+from sapo.data.trajectory import TrajectoryFormatError, iter_jsonl
 
-__all__ = ["IGNORE_INDEX", "PreferencePair", "PairCollator"]
+__all__ = ["IGNORE_INDEX", "PairCollator", "PreferencePair", "read_pairs"]
 
 #: label value of tokens that carry no loss (prompt tokens, padding); the value torch's cross-entropy skips
 IGNORE_INDEX = -100
@@ -30,8 +32,30 @@ class PreferencePair:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreferencePair:
+    def from_dict(cls, data: dict[str, Any], where: str = "pair") -> PreferencePair:
+        """The pair a :meth:`to_dict` record holds; a malformed record raises an error naming ``where``."""
+        if not isinstance(data, dict):
+            raise TrajectoryFormatError(f"{where}: expected an object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        missing = [name for name in ("question_id", "prompt", "chosen") if name not in data]
+        unknown = sorted(set(data) - known)
+        if missing or unknown:
+            raise TrajectoryFormatError(
+                f"{where}: "
+                + "; ".join(
+                    ([f"missing field(s) {missing}"] if missing else [])
+                    + ([f"unknown field(s) {unknown}"] if unknown else [])
+                )
+            )
         return cls(**data)
+
+
+def read_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
+    """The pairs of a JSONL file (one :meth:`PreferencePair.to_dict` record a line; write them with
+    :func:`sapo.data.trajectory.write_jsonl`); errors name the file and line."""
+    return [
+        PreferencePair.from_dict(data, where=f"{path}, line {lineno}") for lineno, data in iter_jsonl(path)
+    ]
 
 
 class PairCollator:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,11 @@ class PRMCollator:
         separator: the step separator the trajectories were written with (``"\\n"``; ``"\\n\\n"`` for
             paragraph data such as ProcessBench).
         max_length: tokens per trajectory; steps beyond it are truncated and get no label.
-        instruction, prompt_template, use_chat_template: the prompt (:func:`verifier_prompt`).
+        instruction, prompt_template, use_chat_template: the prompt (:func:`verifier_prompt`), when no
+            ``prompt`` is given.
+        prompt: a trajectory's prompt, as its task builds it (``task.prompt(question, tokenizer)``, with the
+            task's few-shot examples and its own user message): the text the reasoner was sampled with. The
+            loop always gives it; without it the prompt is rebuilt from the question text alone.
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class PRMCollator:
         instruction: str = "",
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         use_chat_template: bool = True,
+        prompt: Callable[[Trajectory], str] | None = None,
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one (for example the EOS token) first")
@@ -136,8 +141,11 @@ class PRMCollator:
         self.instruction = instruction
         self.prompt_template = prompt_template
         self.use_chat_template = use_chat_template
+        self.prompt_source = prompt
 
     def prompt(self, trajectory: Trajectory) -> str:
+        if self.prompt_source is not None:
+            return self.prompt_source(trajectory)
         return verifier_prompt(
             trajectory.question,
             self.tokenizer,

@@ -13,8 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["DEFAULT_SEPARATOR", "StepEncoding", "split_steps", "join_steps", "encode_steps"]
+__all__ = [
+    "DEFAULT_SEPARATOR",
+    "StepEncoding",
+    "encode_steps",
+    "join_steps",
+    "normalised_steps",
+    "split_steps",
+]
 
 DEFAULT_SEPARATOR = "\n"
 
@@ -126,3 +134,9 @@ def encode_steps(
         unplaced=unplaced,
         text=text,
     )
+
+
+def normalised_steps(trajectory: Any) -> tuple[str, ...]:
+    """The steps lower-cased with white space collapsed: the default rule for "the same solution"
+    (:meth:`sapo.data.tasks.base.Task.dedup_key`); trajectories of one question with equal keys are one."""
+    return tuple(" ".join(step.lower().split()) for step in trajectory.steps)

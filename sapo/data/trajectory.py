@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "NO_ERROR",
     "Cost",
     "Trajectory",
     "TrajectoryFormatError",
@@ -26,6 +27,8 @@ __all__ = [
     "from_trl_stepwise",
     "to_processbench",
     "from_processbench",
+    "first_error_of",
+    "prefix_labels",
 ]
 
 
@@ -33,18 +36,55 @@ class TrajectoryFormatError(ValueError):
     """A trajectory record (in memory or in a file) is malformed; the message names the place."""
 
 
-class FieldwiseSum:
-    """Mixin for dataclass records of counters: ``a + b`` adds them field by field."""
+# --- first errors: the one rule between step labels and the first wrong step ------------------------------
 
-    def __add__(self, other):
-        return type(self)(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+#: the first error of a trajectory none of whose steps is wrong (ProcessBench's convention)
+NO_ERROR = -1
+
+
+def first_error_of(labels: Sequence[float], threshold: float = 0.5) -> int:
+    """The index of the first label below ``threshold`` (the first step judged wrong), or :data:`NO_ERROR`
+    when no label is below it. Soft labels work too: 0.4 is wrong, 0.5 is not."""
+    return next((i for i, v in enumerate(labels) if v < threshold), NO_ERROR)
+
+
+def prefix_labels(num_steps: int, first_error: int) -> list[float]:
+    """The labels of ``num_steps`` steps whose first error is ``first_error``: 1.0 before it, 0.0 from it on,
+    and all 1.0 for :data:`NO_ERROR`. So ``first_error_of(prefix_labels(n, e)) == e``. A first error that is
+    neither :data:`NO_ERROR` nor a step index raises ``ValueError``."""
+    if first_error == NO_ERROR:
+        return [1.0] * num_steps
+    if not 0 <= first_error < num_steps:
+        raise ValueError(f"first error {first_error} outside a trajectory of {num_steps} steps")
+    return [1.0] * first_error + [0.0] * (num_steps - first_error)
 
 
 @dataclass
-class Cost(FieldwiseSum):
-    """What labelling cost: rollout estimates, sampled completions, generated tokens, verifier passes, time.
+class Cost:
+    """What generating and labelling cost: one record for the sampler and the supervision strategies.
 
-    Costs add up (``a + b``), so a strategy can charge each trajectory and report a total.
+    The sampler adds the cost of each call to a running total (:attr:`~sapo.rollout.Sampler.cost`); a
+    strategy charges each trajectory it labels (``trajectory.cost``) and reports the sum. Costs add up
+    (``a + b``, or :meth:`add` in place), and ``a - b`` is the cost between two readings of a running total.
+    A record only holds what its producer counts: a labelled trajectory's has no sampling details (``calls``,
+    ``prompt_tokens``, ...), a sampler's no ``rollout_estimates`` or ``verifier_passes``; :meth:`to_dict`
+    writes only the fields that are not zero.
+
+    Attributes:
+        rollout_estimates: prefixes whose value was estimated from sampled continuations.
+        completions: sequences generated (trajectories, continuations).
+        generated_tokens: tokens generated, each sequence counted up to and including its stop point or EOS.
+        verifier_passes: trajectories scored by the verifier (one forward pass each).
+        seconds: wall time.
+        calls: sampling calls (one list of prompts each).
+        batches: model batches (``generate`` calls).
+        prompt_tokens: the rows' prompt tokens, each row counted in full, padding excluded.
+        prefill_tokens: token positions the model computed to read those prompts, padding included: with a
+            shared prefill a prefix common to the batch and each distinct prompt are read once, so this can be
+            far below ``prompt_tokens``.
+        padding_tokens: padding positions among ``prefill_tokens`` (a batch is rectangular).
+        idle_row_steps: decoding steps spent on rows that had already finished while their batch went on.
+        stop_check_seconds: time spent deciding whether rows are finished (decoding text, the stop rule).
     """
 
     rollout_estimates: int = 0
@@ -52,24 +92,75 @@ class Cost(FieldwiseSum):
     generated_tokens: int = 0
     verifier_passes: int = 0
     seconds: float = 0.0
+    calls: int = 0
+    batches: int = 0
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0
+    padding_tokens: int = 0
+    idle_row_steps: int = 0
+    stop_check_seconds: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(**{name: getattr(self, name) + getattr(other, name) for name in _COST_FIELDS})
+
+    def __sub__(self, other: Cost) -> Cost:
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(**{name: getattr(self, name) - getattr(other, name) for name in _COST_FIELDS})
+
+    def add(self, other: Cost) -> None:
+        """Add ``other`` in place (a running total)."""
+        for name in _COST_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def sequences_per_second(self) -> float:
+        return self.completions / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def padding_share(self) -> float:
+        """The share of prefilled positions that were padding."""
+        return self.padding_tokens / self.prefill_tokens if self.prefill_tokens else 0.0
+
+    @property
+    def prefill_saving(self) -> float:
+        """How many times fewer positions were prefilled than the rows' prompts hold: ``prompt / prefill``."""
+        return self.prompt_tokens / self.prefill_tokens if self.prefill_tokens else 0.0
+
+    @property
+    def idle_share(self) -> float:
+        """The share of decoded row-steps spent on rows that had already finished."""
+        total = self.generated_tokens + self.idle_row_steps
+        return self.idle_row_steps / total if total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields that are not zero (a missing field reads back as 0)."""
+        return {name: value for name in _COST_FIELDS if (value := getattr(self, name)) != 0}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "cost") -> Cost:
+        """Read any subset of the fields (missing ones are 0), as :meth:`to_dict` and older versions wrote
+        them; an unknown field or a negative or non-numeric value is an error naming ``where``."""
         if not isinstance(data, dict):
             raise TrajectoryFormatError(f"{where}: expected an object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - set(_COST_FIELDS)
         if unknown:
             raise TrajectoryFormatError(
-                f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}"
+                f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_COST_FIELDS)}"
             )
         for name, value in data.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise TrajectoryFormatError(f"{where}.{name}: expected a non-negative number, got {value!r}")
         return cls(**data)
+
+
+_COST_FIELDS = tuple(f.name for f in fields(Cost))
 
 
 @dataclass
@@ -118,10 +209,11 @@ class Trajectory:
 
     @property
     def first_error(self) -> int:
-        """Index of the first step labelled below 0.5, or -1 when every step is correct (ProcessBench's rule)."""
+        """Index of the first step labelled below 0.5, or :data:`NO_ERROR` (-1) when every step is correct
+        (:func:`first_error_of`, ProcessBench's rule)."""
         if self.labels is None:
             raise ValueError(f"trajectory {self.question_id!r} has no labels, so no first error")
-        return next((i for i, v in enumerate(self.labels) if v < 0.5), -1)
+        return first_error_of(self.labels)
 
     def text(self, separator: str = "\n") -> str:
         """The completion as the models see it: every step followed by the separator."""
@@ -202,15 +294,20 @@ class Trajectory:
         return trajectory
 
 
-def write_jsonl(trajectories: Iterable[Trajectory], path: str | os.PathLike[str]) -> Path:
-    """Write one JSON object per line, atomically (a temporary file renamed into place)."""
+def write_jsonl(records: Iterable[Any], path: str | os.PathLike[str]) -> Path:
+    """Write one JSON object per line, atomically: a temporary file, flushed to disk, then renamed into place,
+    so a reader (or a rerun after a crash) sees the whole file or none of it. A record is a dict or anything
+    with ``to_dict()`` (a :class:`Trajectory`, a preference pair). Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
-        for t in trajectories:
-            fh.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+        for record in records:
+            data = record if isinstance(record, dict) else record.to_dict()
+            fh.write(json.dumps(data, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
     return path
 
 
@@ -268,7 +365,7 @@ def from_trl_stepwise(row: dict[str, Any], question_id: str, where: str = "row")
 
 
 def to_processbench(trajectory: Trajectory) -> dict[str, Any]:
-    """One ProcessBench row: ``label`` is the index of the first step labelled wrong, or -1."""
+    """One ProcessBench row: ``label`` is the index of the first step labelled wrong, or :data:`NO_ERROR`."""
     row: dict[str, Any] = {
         "id": trajectory.meta.get("id", trajectory.question_id),
         "problem": trajectory.question,
@@ -289,17 +386,16 @@ def from_processbench(row: dict[str, Any], where: str = "row") -> Trajectory:
     label = row["label"]
     if not isinstance(steps, Sequence) or isinstance(steps, str) or not steps:
         raise TrajectoryFormatError(f"{where} (id {row['id']!r}): field 'steps' must be a non-empty list")
-    if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < len(steps):
+    if isinstance(label, bool) or not isinstance(label, int) or not NO_ERROR <= label < len(steps):
         raise TrajectoryFormatError(
             f"{where} (id {row['id']!r}): field 'label' must be -1 or a step index below {len(steps)}, got {label!r}"
         )
-    first_error = len(steps) if label == -1 else label
     outcome = row.get("final_answer_correct")
     return Trajectory(
         question_id=str(row["id"]),
         question=row["problem"],
         steps=list(steps),
-        labels=[1.0 if i < first_error else 0.0 for i in range(len(steps))],
+        labels=prefix_labels(len(steps), label),
         outcome=None if outcome is None else bool(outcome),
         label_source="processbench",
         meta={"id": row["id"]},

@@ -10,7 +10,7 @@ from sapo.eval.processbench import (
     read_processbench,
 )
 from sapo.eval.reasoner import EvalResult, evaluate_reasoner, paired_difference, sample_and_check
-from sapo.eval.verifier_metrics import (
+from sapo.models.verifier_metrics import (
     FirstErrorAccuracy,
     ProcessBenchF1,
     choose_threshold,

@@ -1,7 +1,8 @@
 """Best-of-N: how much a verifier gains by choosing among N sampled solutions of each question.
 
 For each question the reasoner sampled solutions τ_1, τ_2, …; each has a final answer, an outcome and one
-verifier score per step ĉ_0 … ĉ_m. A solution's score is an **aggregate** of its step scores (:data:`AGGREGATES`):
+verifier score per step ĉ_0 … ĉ_m. A solution's score is an **aggregate** of its step scores
+(:data:`AGGREGATES`; each is :func:`~sapo.data.reward.trajectory_reward`, the rule the preference pairs use):
 
     min: min_j ĉ_j        mean: (1/(m+1)) Σ_j ĉ_j        last: ĉ_m        product: ∏_j ĉ_j
 
@@ -23,10 +24,10 @@ choice, and it makes results reproducible.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sapo.data.reward import trajectory_reward
 from sapo.data.trajectory import Trajectory
 
 __all__ = [
@@ -45,22 +46,22 @@ __all__ = [
 
 def aggregate_min(scores: Sequence[float]) -> float:
     """``min_j ĉ_j``: a solution is as good as its weakest step (Math-Shepherd's rule)."""
-    return min(scores)
+    return trajectory_reward(scores, "min")
 
 
 def aggregate_mean(scores: Sequence[float]) -> float:
     """``(1/(m+1)) Σ_j ĉ_j`` (the reward SAPO uses to build preference pairs)."""
-    return sum(scores) / len(scores)
+    return trajectory_reward(scores, "mean")
 
 
 def aggregate_last(scores: Sequence[float]) -> float:
     """``ĉ_m``: the score of the whole solution, as an outcome reward model would give it."""
-    return scores[-1]
+    return trajectory_reward(scores, "last")
 
 
 def aggregate_product(scores: Sequence[float]) -> float:
     """``∏_j ĉ_j``: the chance that every step is right, were the step scores independent."""
-    return math.prod(scores)
+    return trajectory_reward(scores, "product")
 
 
 #: the aggregates by name

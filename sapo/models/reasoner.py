@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -101,7 +104,15 @@ class ORPOReasoner(L.LightningModule):
             total_steps=self.trainer.estimated_stepping_batches,
         )
 
-    def save_pretrained(self, path: str) -> None:
-        """Save the backbone (and adapters) and tokenizer so transformers (or peft) loads them."""
-        self.model.save_pretrained(path)
+    def save_pretrained(self, path: str | os.PathLike[str], merge_lora: bool = True) -> Path:
+        """Save the model and tokenizer as a plain transformers checkpoint (what the loop's next phases, vLLM
+        and any other tool load). LoRA adapters are merged into a copy (the module keeps its adapters);
+        ``merge_lora=False`` saves the adapter alone, for peft to load on top of the base model."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if merge_lora and hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+        return path

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ from transformers import AutoModelForTokenClassification
 from sapo.data.prm import DEFAULT_PROMPT_TEMPLATE, PRMCollator, describe
 from sapo.data.steps import DEFAULT_SEPARATOR
 from sapo.data.trajectory import Trajectory
-from sapo.eval.verifier_metrics import FirstErrorAccuracy, ProcessBenchF1
 from sapo.models.backbone import BackboneSpec
 from sapo.models.schedule import adamw_with_linear_warmup_decay
+from sapo.models.verifier_metrics import FirstErrorAccuracy, ProcessBenchF1
 
 __all__ = [
     "LOSSES",
@@ -177,7 +177,9 @@ class PRMVerifier(L.LightningModule):
         max_length: tokens per trajectory; steps beyond it get no label in training, and in :meth:`score`
             the score of the last step that fits (see there).
         instruction, prompt_template, use_chat_template: how the question becomes the prompt
-            (:func:`~sapo.data.prm.verifier_prompt`); a task's own values reproduce the reasoner's prompt.
+            (:func:`~sapo.data.prm.verifier_prompt`), when no ``prompt`` is given.
+        prompt: a trajectory's prompt as its task builds it (see :class:`~sapo.data.prm.PRMCollator`); not
+            saved with the verifier, so give it again to :meth:`from_pretrained`.
     """
 
     def __init__(
@@ -194,6 +196,7 @@ class PRMVerifier(L.LightningModule):
         instruction: str = "",
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         use_chat_template: bool = True,
+        prompt: Callable[[Trajectory], str] | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -204,13 +207,13 @@ class PRMVerifier(L.LightningModule):
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["prompt"])
         self.backbone_spec = backbone
         # Loaded here, not in configure_model: the DataModule needs the tokenizer during its setup.
         self.model, self.tokenizer = backbone.load()
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodules' modes as they are
         self.collator = PRMCollator(
-            self.tokenizer, separator, max_length, instruction, prompt_template, use_chat_template
+            self.tokenizer, separator, max_length, instruction, prompt_template, use_chat_template, prompt
         )
         config = _causal_lm(self.model).config
         hidden_size = config.get_text_config().hidden_size

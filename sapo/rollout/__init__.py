@@ -2,7 +2,6 @@
 
 from sapo.rollout.generate import (
     Generation,
-    SamplingCost,
     StopRule,
     as_stop_rule,
     derive_seed,
@@ -10,7 +9,6 @@ from sapo.rollout.generate import (
     shared_prefill,
 )
 from sapo.rollout.sampler import (
-    ANSWER_LINE_STOP,
     FROM_TASK,
     GenerationBackend,
     Sampler,
@@ -22,11 +20,9 @@ from sapo.rollout.sampler import (
 from sapo.rollout.vllm_backend import VLLMBackend, vllm_available
 
 __all__ = [
-    "ANSWER_LINE_STOP",
     "FROM_TASK",
     "Generation",
     "GenerationBackend",
-    "SamplingCost",
     "Sampler",
     "StopRule",
     "TaskRolloutSampler",

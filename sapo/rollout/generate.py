@@ -9,7 +9,8 @@ key/value cache is built by :func:`shared_prefill`: the common token prefix once
 then copied to the rows (``share_prefill=False`` turns it off). A row ends at EOS, at ``max_new_tokens``, or, when
 a :class:`StopRule` is given, as soon as its text is finished (for math: once the answer line and its
 newline are written), so the model never spends tokens after the answer. What each call cost (completions,
-generated tokens, prompt and padding tokens, idle rows, seconds) is added to a :class:`SamplingCost`.
+generated tokens, prompt and padding tokens, idle rows, seconds) is added to a
+:class:`~sapo.data.trajectory.Cost`.
 
 Sampling is seeded without touching the global random state: each batch runs inside
 :func:`torch.random.fork_rng` with its own seed derived from the call's seed and the batch's index, so the
@@ -24,19 +25,18 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from sapo.data.trajectory import Cost, FieldwiseSum
+from sapo.data.trajectory import Cost
 
 __all__ = [
     "Generation",
     "Prefill",
-    "SamplingCost",
     "StopRule",
     "as_stop_rule",
     "derive_seed",
@@ -107,84 +107,12 @@ def as_stop_rule(
     )
 
 
-@dataclass
-class SamplingCost(FieldwiseSum):
-    """What sampling cost, summed over calls (``a + b``; ``a - b`` gives the cost between two readings).
-
-    Attributes:
-        calls: sampling calls (one list of prompts each).
-        batches: ``generate`` calls (model batches).
-        completions: sequences generated.
-        generated_tokens: tokens generated, each row counted up to and including its stop point or EOS.
-        prompt_tokens: the rows' prompt tokens, each row counted in full, padding excluded.
-        prefill_tokens: token positions the model computed to read those prompts, padding included: with
-            a shared prefill a prefix common to the batch and each distinct prompt are read once, so this
-            can be far below ``prompt_tokens``.
-        padding_tokens: padding positions among ``prefill_tokens`` (a batch is rectangular).
-        idle_row_steps: decoding steps spent on rows that had already finished while their batch went on.
-        stop_check_seconds: time spent deciding whether rows are finished (decoding text, the stop rule).
-        seconds: wall time of the calls.
-    """
-
-    calls: int = 0
-    batches: int = 0
-    completions: int = 0
-    generated_tokens: int = 0
-    prompt_tokens: int = 0
-    prefill_tokens: int = 0
-    padding_tokens: int = 0
-    idle_row_steps: int = 0
-    stop_check_seconds: float = 0.0
-    seconds: float = 0.0
-
-    def __sub__(self, other: SamplingCost) -> SamplingCost:
-        return SamplingCost(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
-
-    def add(self, other: SamplingCost) -> None:
-        """Add ``other`` in place (a running total)."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def sequences_per_second(self) -> float:
-        return self.completions / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def padding_share(self) -> float:
-        """The share of prefilled positions that were padding."""
-        return self.padding_tokens / self.prefill_tokens if self.prefill_tokens else 0.0
-
-    @property
-    def prefill_saving(self) -> float:
-        """How many times fewer positions were prefilled than the rows' prompts hold: ``prompt / prefill``."""
-        return self.prompt_tokens / self.prefill_tokens if self.prefill_tokens else 0.0
-
-    @property
-    def idle_share(self) -> float:
-        """The share of decoded row-steps spent on rows that had already finished."""
-        total = self.generated_tokens + self.idle_row_steps
-        return self.idle_row_steps / total if total else 0.0
-
-    def as_cost(self) -> Cost:
-        """The labelling :class:`~sapo.data.trajectory.Cost` of these completions (no estimates, no verifier)."""
-        return Cost(
-            completions=self.completions, generated_tokens=self.generated_tokens, seconds=self.seconds
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def derive_seed(seed: int, *path: int | str) -> int:
     """A 63-bit seed for the stream named by ``path`` under ``seed`` (the same on every run and machine)."""
     return random.Random(repr((seed, *path))).getrandbits(63)
 
 
-def progress_rate(cost: SamplingCost) -> str:
+def progress_rate(cost: Cost) -> str:
     """The progress bar's postfix: sequences and generated tokens per second so far."""
     return f"{cost.sequences_per_second:.1f} seq/s, {cost.tokens_per_second:.0f} tok/s"
 
@@ -202,7 +130,7 @@ def generate_batched(
     seed: int | None = None,
     progress: bool = False,
     description: str = "generating",
-    cost: SamplingCost | None = None,
+    cost: Cost | None = None,
     share_prefill: bool = True,
 ) -> list[Generation]:
     """Complete every prompt (in input order); greedy when ``temperature == 0``, else sampled with
@@ -223,7 +151,7 @@ def generate_batched(
             two give the same distribution of samples (and, up to floating-point summation order, the same
             greedy completions).
     """
-    call_cost = SamplingCost(calls=1)
+    call_cost = Cost(calls=1)
     started = time.perf_counter()
     if not prompts:
         _add_cost(cost, call_cost, started)
@@ -294,7 +222,7 @@ def generate_batched(
     return results  # type: ignore[return-value]
 
 
-def _add_cost(total: SamplingCost | None, call_cost: SamplingCost, started: float) -> None:
+def _add_cost(total: Cost | None, call_cost: Cost, started: float) -> None:
     call_cost.seconds = time.perf_counter() - started
     if total is not None:
         total.add(call_cost)

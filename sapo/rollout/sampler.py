@@ -3,9 +3,9 @@
 Two layers:
 
 - :class:`Sampler` knows a reasoner and nothing of tasks: ``generate(prompts, num_samples)`` samples every
-  prompt ``num_samples`` times in one batched pass through its backend (transformers ``generate`` by
-  default, vLLM when it imports, CUDA is present and the model is a checkpoint folder), with temperature,
-  top_p, a token budget and an optional stop rule. Each call gets its own seed, derived from the sampler's
+  prompt ``num_samples`` times in one batched pass through its backend (transformers ``generate`` or vLLM;
+  ``"auto"``, the default, takes vLLM when it imports, CUDA is present and the model is a checkpoint
+  folder), with temperature, top_p, a token budget and an optional stop rule. Each call gets its own seed, derived from the sampler's
   seed and the call's number, so two samplers with the same seed make the same samples call for call, and
   successive calls (early-stop rounds, say) draw fresh ones. It keeps the cumulative :attr:`Sampler.cost`
   and the cost of its :attr:`Sampler.last_cost` call.
@@ -23,15 +23,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sapo.data.tasks.base import Question, Task
-from sapo.data.tasks.math_oracle import ANSWER_LINE_RE
-from sapo.data.trajectory import Trajectory
+from sapo.data.trajectory import Cost, Trajectory
 from sapo.rollout.generate import (
     Generation,
-    SamplingCost,
     StopRule,
     as_stop_rule,
     derive_seed,
@@ -40,7 +38,6 @@ from sapo.rollout.generate import (
 from sapo.supervision.protocols import Prefix, Rollout
 
 __all__ = [
-    "ANSWER_LINE_STOP",
     "FROM_TASK",
     "GenerationBackend",
     "Sampler",
@@ -51,10 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: ends a math completion just after its answer line ("The answer is 42.", "Final answer: 42", "#### 42",
-#: "\\boxed{42}") and that line's newline
-ANSWER_LINE_STOP = StopRule.regex(ANSWER_LINE_RE)
 
 
 class GenerationBackend(Protocol):
@@ -71,7 +64,7 @@ class GenerationBackend(Protocol):
         seed: int | None,
         progress: bool,
         description: str,
-        cost: SamplingCost,
+        cost: Cost,
     ) -> list[Generation]: ...
 
 
@@ -108,8 +101,9 @@ class Sampler:
         batch_size: rows (sequences) per model call of the transformers backend.
         seed: the root of every call's seed.
         backend: ``"auto"`` (vLLM when :func:`~sapo.rollout.vllm_backend.vllm_available` and ``model`` is a
-            checkpoint path, else transformers), ``"transformers"``, ``"vllm"``, or a ready
-            :class:`GenerationBackend`.
+            checkpoint path, else transformers; the default here), ``"transformers"``, ``"vllm"``, or a ready
+            :class:`GenerationBackend`. The loop passes its ``sampling.backend`` setting (``"transformers"``
+            or ``"vllm"``), never ``"auto"``.
         progress: show a progress bar with sequences/s and tokens/s for each call.
     """
 
@@ -135,8 +129,8 @@ class Sampler:
         self.seed = seed
         self.progress = progress
         self.backend = _make_backend(backend, model, tokenizer, batch_size)
-        self.cost = SamplingCost()
-        self.last_cost = SamplingCost()
+        self.cost = Cost()
+        self.last_cost = Cost()
         self._calls = 0
 
     def generate(
@@ -155,7 +149,7 @@ class Sampler:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         rows = [prompt for prompt in prompts for _ in range(num_samples)]
-        call_cost = SamplingCost()
+        call_cost = Cost()
         seed = derive_seed(self.seed, "call", self._calls)
         self._calls += 1
         generations = self.backend(
@@ -274,7 +268,7 @@ class TaskRolloutSampler:
         self.stop = task_stop_rule(task) if stop is FROM_TASK else as_stop_rule(stop)
         self.dedup_key = dedup_key or task.dedup_key
         self.early_stop_chunk = early_stop_chunk
-        self.last_cost = SamplingCost()
+        self.last_cost = Cost()
 
     # --- trajectories for the loop -------------------------------------------------------------------------
     def sample_trajectories(self, questions: Sequence[Question], num_samples: int) -> list[Trajectory]:
@@ -408,5 +402,5 @@ class TaskRolloutSampler:
         return self.questions[question_id]
 
 
-def _copy(cost: SamplingCost) -> SamplingCost:
-    return cost + SamplingCost()
+def _copy(cost: Cost) -> Cost:
+    return replace(cost)

@@ -7,7 +7,7 @@ separate phases, so free the training model before starting the engine). Every p
 
 vLLM stops on strings, not on a rule like "after the answer line", so here a row runs to EOS or the token
 budget and is cut at the rule's stop point afterwards: ``num_tokens`` counts up to that point, as with
-transformers, and the tokens generated past it are counted in ``SamplingCost.idle_row_steps``.
+transformers, and the tokens generated past it are counted in ``Cost.idle_row_steps``.
 
 This backend is not exercised by the test suite (no CUDA there).
 """
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sapo.data.trajectory import Cost
 from sapo.rollout.generate import (
     Generation,
-    SamplingCost,
     StopRule,
     derive_seed,
     finish_generation,
@@ -77,12 +77,12 @@ class VLLMBackend:
         seed: int | None,
         progress: bool,
         description: str,
-        cost: SamplingCost,
+        cost: Cost,
     ) -> list[Generation]:
         from vllm import SamplingParams
 
         started = time.perf_counter()
-        call_cost = SamplingCost(calls=1, batches=1 if prompts else 0)
+        call_cost = Cost(calls=1, batches=1 if prompts else 0)
         if not prompts:
             cost.add(call_cost)
             return []

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
-from sapo.data.trajectory import Cost, Trajectory
+from sapo.data.trajectory import NO_ERROR, Cost, Trajectory, prefix_labels
 from sapo.supervision.protocols import Prefix, Rollout, RolloutSampler, StepScorer
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "SupervisionStrategy",
     "hard_rule",
     "label_rule",
-    "prefix_labels",
     "rollout_estimate",
     "score_steps",
     "share_seconds",
@@ -83,13 +82,6 @@ def check_choice(value: str, choices: Sequence[str], argument: str) -> str:
     if value not in choices:
         raise ValueError(f"{argument} must be one of {list(choices)}, got {value!r}")
     return value
-
-
-def prefix_labels(num_steps: int, first_error: int) -> list[float]:
-    """1.0 for the steps before ``first_error``, 0.0 from it on (``first_error == num_steps``: all 1.0)."""
-    if not 0 <= first_error <= num_steps:
-        raise ValueError(f"first error {first_error} outside a trajectory of {num_steps} steps")
-    return [1.0] * first_error + [0.0] * (num_steps - first_error)
 
 
 # --- the rollout estimate --------------------------------------------------------------------------------
@@ -385,7 +377,7 @@ class SupervisionStrategy(ABC):
 
     def all_correct(self, trajectory: Trajectory) -> Trajectory:
         """A correct-answer trajectory labelled all 1 at no cost: it reaches the gold answer from every prefix."""
-        return self.labelled(trajectory, [1.0] * trajectory.num_steps)
+        return self.labelled(trajectory, prefix_labels(trajectory.num_steps, NO_ERROR))
 
     @staticmethod
     def check_inputs(trajectories: Sequence[Trajectory]) -> None:

@@ -5,15 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sapo.data.trajectory import Cost, Trajectory
-from sapo.supervision.base import (
-    Estimate,
-    LabelResult,
-    SupervisionStrategy,
-    hard_rule,
-    prefix_labels,
-    rollout_estimate,
-)
+from sapo.data.trajectory import Cost, Trajectory, prefix_labels
+from sapo.supervision.base import Estimate, LabelResult, SupervisionStrategy, hard_rule, rollout_estimate
 from sapo.supervision.protocols import Prefix, RolloutSampler, StepScorer
 
 __all__ = ["BinarySearchSupervision", "Bisection", "bisect_first_errors"]

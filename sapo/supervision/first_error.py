@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sapo.data.trajectory import Cost, Trajectory
+from sapo.data.trajectory import Cost, Trajectory, prefix_labels
 from sapo.supervision.base import (
     Estimate,
     LabelResult,
@@ -20,7 +20,6 @@ from sapo.supervision.base import (
     SupervisionStrategy,
     check_choice,
     hard_rule,
-    prefix_labels,
     rollout_estimate,
     score_steps,
 )

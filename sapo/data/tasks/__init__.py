@@ -5,7 +5,7 @@ from sapo.data.tasks.base import Question, Task
 from sapo.data.tasks.gsm8k import GSM8KTask
 from sapo.data.tasks.humaneval import HumanEvalTask
 from sapo.data.tasks.loading import InvalidRowError, Row, load_rows
-from sapo.data.tasks.math_oracle import MathTask
+from sapo.data.tasks.math import MathTask
 from sapo.data.tasks.mbpp import CodeTask, MBPPTask
 
 __all__ = [

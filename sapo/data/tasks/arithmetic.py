@@ -12,11 +12,13 @@ line ("12 + 5 = 17") and ends with "The answer is N".
 depend on how many others are generated. Two streams could only produce the same text by drawing the same
 story, names and numbers; the tests check that the first thousands of train and test questions share none.
 
-**Oracle.** :func:`~sapo.data.tasks.math_oracle.judge_steps` with the problem's own computation as the gold
+**Oracle.** :func:`~sapo.data.tasks.math.judge_steps` with the problem's own computation as the gold
 computation and the numbers of the question as the given numbers, in exact mode: every number a step uses
 or states must come from the question or from an earlier correct step, and every value it computes must be
-one the gold solution computes (a correct but different order of operations, such as adding two increases
-first, is marked wrong, as ALGORITHM.md's rule says).
+one the gold solution computes. The rule is that a step is wrong when its equation is false or uses a value
+that is neither given in the question nor computed by an earlier step, and here the values a step may
+compute are the gold solution's, so a correct but different order of operations (adding two increases
+first) is marked wrong.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fractions import Fraction
 
 from sapo.data.steps import DEFAULT_SEPARATOR
 from sapo.data.tasks.base import Question
-from sapo.data.tasks.math_oracle import GoldComputation, MathTask, question_numbers
+from sapo.data.tasks.math import GoldComputation, MathTask, question_numbers
 
 __all__ = ["ArithmeticTask", "ArithmeticProblem", "Scenario", "SCENARIOS", "generate_problem"]
 

@@ -12,7 +12,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sapo.data.steps import DEFAULT_SEPARATOR, join_steps, split_steps
+from sapo.data.steps import DEFAULT_SEPARATOR, join_steps, normalised_steps, split_steps
 from sapo.data.trajectory import Trajectory
 
 __all__ = ["Question", "Task"]
@@ -97,8 +97,8 @@ class Task(ABC):
 
     def dedup_key(self, trajectory: Trajectory) -> Hashable:
         """Samples of one question with equal keys are one solution; default: the steps, lower-cased, with
-        white space collapsed."""
-        return tuple(" ".join(step.lower().split()) for step in trajectory.steps)
+        white space collapsed (:func:`~sapo.data.steps.normalised_steps`)."""
+        return normalised_steps(trajectory)
 
     @abstractmethod
     def extract_answer(self, completion: str) -> str | None:
@@ -107,6 +107,15 @@ class Task(ABC):
     @abstractmethod
     def is_correct(self, answer: str | None, question: Question) -> bool:
         """Whether an extracted answer (or program) solves ``question``."""
+
+    def answer_forms(self, completion: str) -> dict[str, str | None]:
+        """Other readings of a completion's final answer, by name, each judged with :meth:`is_correct` on its
+        own; the evaluation reports one accuracy per name (``<name>_accuracy``) beside the outcome's.
+
+        Give the same names for every completion (``None`` where a reading finds no answer). Default: none;
+        math tasks give their ``strict`` and ``flexible`` answers.
+        """
+        return {}
 
     def new_trajectory(self, question: Question, completion: str, **meta: Any) -> Trajectory:
         """An unchecked trajectory from a raw completion (steps only; :meth:`check` fills the outcome)."""

@@ -9,7 +9,7 @@ Rows have a ``question`` and an ``answer``: a worked solution whose lines carry 
   ("48/2 = 24"), so the model learns to write every computation as an equation; a last line
   "The answer is N.".
 
-**The approximate step oracle** is the synthetic task's (:func:`~sapo.data.tasks.math_oracle.judge_steps`)
+**The approximate step oracle** is the synthetic task's (:func:`~sapo.data.tasks.math.judge_steps`)
 with the reference solution as the gold computation: the values its calculator annotations compute, plus the
 values of the true equations written in its text without an annotation (GSM8K's annotations are
 incomplete). Given numbers are the question's numbers, the constants the reference brings in, and
@@ -39,7 +39,7 @@ from pathlib import Path
 from sapo.data.steps import DEFAULT_SEPARATOR
 from sapo.data.tasks.base import Question
 from sapo.data.tasks.loading import InvalidRows, Row, load_rows, require_field
-from sapo.data.tasks.math_oracle import (
+from sapo.data.tasks.math import (
     Equation,
     GoldComputation,
     MathTask,
@@ -101,7 +101,7 @@ def gsm8k_gold_equations(
     text only, "8+4=12 wheels"), and such a value is as much a part of the reference's computation.
     ``solution_steps`` are the steps of :func:`gold_solution` (computed when not given). Annotations that the
     equation parser cannot read are left out (there are none in GSM8K's train and test files). ``parse``
-    reads a step (a task passes its memoised :meth:`~sapo.data.tasks.math_oracle.MathTask.parse_step`).
+    reads a step (a task passes its memoised :meth:`~sapo.data.tasks.math.MathTask.parse_step`).
     """
     if solution_steps is None:
         solution_steps = gold_solution(reference, "0")[:-1]

@@ -5,7 +5,7 @@ of completion are accepted: the function's body (a base model continuing the pro
 ``prompt + body``; or the whole function, in a fenced block or bare (a chat model), run after the prompt
 so that the prompt's imports and helper functions are there and the new definition replaces the stub.
 The row's ``test`` defines ``check(candidate)``; the program passes when ``check(entry_point)`` runs to its
-end in the sandbox (its asserts under the sandbox's plain-value rule, see :mod:`sapo.data.sandbox`).
+end in the sandbox (its asserts under the sandbox's plain-value rule, see :mod:`sapo.sandbox`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Code tasks share :class:`CodeTask`: a completion's program is extracted (:func:`extract_code`: a fenced
 block, or bare code), its steps are the program's non-empty lines (SIPF's rule for code), and its outcome
-is whether the question's tests pass in the :class:`~sapo.data.sandbox.Sandbox`, which never lets the
+is whether the question's tests pass in the :class:`~sapo.sandbox.Sandbox`, which never lets the
 model's code run outside it. :meth:`CodeTask.check` sends a whole batch to the sandbox at once.
 
 MBPP's splits are ranges of task ids (from the dataset's README): few-shot prompts 1-10 (the hub calls
@@ -19,10 +19,10 @@ import os
 import re
 from collections.abc import Sequence
 
-from sapo.data.sandbox import Sandbox, SandboxResult
 from sapo.data.tasks.base import Question, Task
 from sapo.data.tasks.loading import InvalidRowError, InvalidRows, Row, load_rows, require_field
 from sapo.data.trajectory import Trajectory
+from sapo.sandbox import Sandbox, SandboxResult
 
 __all__ = ["CodeTask", "MBPPTask", "MBPP_SPLITS", "extract_code", "code_lines"]
 

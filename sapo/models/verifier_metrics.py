@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
+from sapo.data.trajectory import NO_ERROR, first_error_of
+
 __all__ = [
     "first_error_prediction",
     "first_error_indices",
@@ -38,8 +40,8 @@ LABEL_THRESHOLD = 0.5  # a step label below this marks the step as wrong
 
 
 def first_error_prediction(scores: Sequence[float], threshold: float) -> int:
-    """The predicted first wrong step: ``min{j : s_j < τ}``, or -1 when no score is below ``τ``."""
-    return next((j for j, s in enumerate(scores) if s < threshold), -1)
+    """The predicted first wrong step: ``min{j : s_j < τ}``, or ``NO_ERROR`` (-1) when no score is below τ."""
+    return first_error_of(scores, threshold)
 
 
 def first_error_indices(values: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -50,7 +52,7 @@ def first_error_indices(values: torch.Tensor, mask: torch.Tensor, threshold: flo
     """
     below = (values < threshold) & mask.bool()
     first = below.to(torch.int8).argmax(dim=1)  # argmax returns the first maximal index
-    return torch.where(below.any(dim=1), first, torch.full_like(first, -1))
+    return torch.where(below.any(dim=1), first, torch.full_like(first, NO_ERROR))
 
 
 def harmonic_mean(a: float, b: float) -> float:

@@ -1,0 +1,95 @@
+"""Sampling and labelling chunk by chunk, so that a killed run keeps every finished chunk.
+
+Each chunk gets its own sampler, seeded from the phase's seed and the chunk's index, so a chunk sampled again
+after a crash draws what it would have drawn the first time, whatever the chunks before it did.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from sapo.data.tasks.base import Question, Task
+from sapo.data.trajectory import Cost, Trajectory
+from sapo.evolution.data import LabelledData
+from sapo.evolution.run_directory import ChunkedJsonl
+from sapo.rollout import Sampler, TaskRolloutSampler, derive_seed
+from sapo.supervision import SupervisionStrategy
+from sapo.supervision.protocols import StepScorer
+
+__all__ = ["label_in_chunks", "label_subset", "sample_in_chunks"]
+
+#: builds the sampler of one chunk from its seed
+SamplerFactory = Callable[[int], Sampler]
+
+#: the roles of a labelling chunk's records
+ROLES = ("labelled", "expanded", "dropped")
+
+
+def sample_in_chunks(
+    task: Task,
+    chunks: Sequence[Sequence[Question]],
+    samples_per_question: int,
+    sampler: SamplerFactory,
+    seed: int,
+    store: ChunkedJsonl,
+    cost: Cost,
+) -> list[Trajectory]:
+    """K checked, deduplicated trajectories per question; finished chunks in ``store`` are read back, the
+    others sampled (their sampling cost added to ``cost``) and written."""
+    trajectories: list[Trajectory] = []
+    for index, chunk in enumerate(chunks):
+        if not store.has(index):
+            store.start(index, of=len(chunks))
+            chunk_sampler = sampler(derive_seed(seed, index))
+            adapter = TaskRolloutSampler(chunk_sampler, task, chunk)
+            store.write(index, adapter.sample_trajectories(chunk, samples_per_question))
+            cost.add(chunk_sampler.cost)
+        trajectories += store.read(index)
+    return trajectories
+
+
+def label_subset(
+    trajectories: Sequence[Trajectory], count: int | None, seed: int, iteration: int
+) -> list[Trajectory]:
+    """The paper's ``subset(new samples)``: every labelable trajectory, or a seeded draw of ``count``."""
+    usable = [t for t in trajectories if t.num_steps > 0 and t.outcome is not None]
+    if count is None or count >= len(usable):
+        return usable
+    rng = random.Random(derive_seed(seed, "label-subset", iteration))
+    chosen = sorted(rng.sample(range(len(usable)), count))
+    return [usable[i] for i in chosen]
+
+
+def label_in_chunks(
+    strategy: SupervisionStrategy,
+    task: Task,
+    questions: Sequence[Question],
+    chunks: Sequence[Sequence[Trajectory]],
+    sampler: SamplerFactory | None,
+    scorer: StepScorer | None,
+    seed: int,
+    store: ChunkedJsonl,
+) -> LabelledData:
+    """Label each chunk with ``strategy`` (rollouts from ``sampler``, scores from ``scorer``); finished chunks in
+    ``store`` are read back. ``sampler`` may be None only when every chunk is finished."""
+    result = LabelledData()
+    by_id = {q.id: q for q in questions}
+    for index, chunk in enumerate(chunks):
+        if not store.has(index):
+            if sampler is None:
+                raise RuntimeError(f"{store.path(index)} is missing from a labelling phase marked finished")
+            store.start(index, of=len(chunks))
+            rollouts = TaskRolloutSampler(
+                sampler(derive_seed(seed, index)), task, [by_id[t.question_id] for t in chunk]
+            )
+            out = strategy.label(chunk, rollouts, scorer)
+            records = [{"role": role, **t.to_dict()} for role in ROLES for t in getattr(out, role)]
+            store.write(index, records + [{"role": "cost", **out.cost.to_dict()}])
+        for record in store.read_records(index):
+            role = record.pop("role")
+            if role == "cost":
+                result.cost = result.cost + Cost.from_dict(record)
+            else:
+                getattr(result, role).append(Trajectory.from_dict(record))
+    return result

@@ -1,0 +1,240 @@
+"""The loop's settings, one documented dataclass per concern.
+
+``SelfEvolution`` takes one of each (``sampling``, ``labelling``, ``verifier``, ``pairs``, ``orpo``, ``sft``,
+``evaluation``). A field's docstring is its help text: ``sapo fit --model.help sapo.evolution.SelfEvolution``
+prints it, and recipes set a field as ``model.init_args.<group>.<field>``. Each dataclass checks its values
+when it is built and names the flag of a bad one. Defaults are the papers' where the papers give one
+(SAPO, and SIPF's public settings where SAPO is silent); other defaults say why in their docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sapo.models.backbone import LoraSettings
+from sapo.supervision import BinarySearchSupervision, FirstErrorSupervision, SupervisionStrategy
+
+__all__ = [
+    "BACKENDS",
+    "EvaluationSettings",
+    "LabellingSettings",
+    "ORPOSettings",
+    "PairSettings",
+    "SFTSettings",
+    "SamplingSettings",
+    "VerifierSettings",
+]
+
+#: where a recipe's loop settings sit; every error message names the flag under it
+FLAG = "model.init_args"
+
+#: the generation backends the loop's sampling can use
+BACKENDS = ("transformers", "vllm")
+ORPO_INITS = ("base", "sft", "previous")
+VERIFIER_LOSSES = ("bce", "mse")
+PAIR_SOURCES = ("verifier", "rft")
+
+
+def _at_least(group: str, least: int | float, **values: int | float | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < least:
+            raise ValueError(f"{FLAG}.{group}.{name} must be at least {least}, got {value}")
+
+
+def _positive(group: str, **values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{FLAG}.{group}.{name} must be > 0, got {value}")
+
+
+def _choice(group: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{FLAG}.{group}.{name} must be one of {choices}, got {value!r}")
+
+
+def _warmup(group: str, warmup_ratio: float) -> None:
+    if not 0 <= warmup_ratio < 1:
+        raise ValueError(f"{FLAG}.{group}.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+
+
+@dataclass
+class SFTSettings:
+    """The SFT phase: M0 = SFT(M, D_org), fine-tuning on the gold solutions."""
+
+    epochs: int = 3
+    """Epochs over the gold solutions; 0 starts the loop from the base model as it is (SIPF: 3)."""
+    learning_rate: float = 1e-4
+    """Peak learning rate of AdamW."""
+    warmup_ratio: float = 0.1
+    """Linear warm-up share of the schedule, then linear decay (SIPF: 0.1)."""
+
+    def __post_init__(self) -> None:
+        _at_least("sft", 0, epochs=self.epochs)
+        _positive("sft", learning_rate=self.learning_rate)
+        _warmup("sft", self.warmup_ratio)
+
+
+@dataclass
+class SamplingSettings:
+    """Sampling the reasoner: D_t = Sample(M_{t-1}) (and the rollouts of labelling, which share these)."""
+
+    samples_per_question: int = 8
+    """K, trajectories sampled per question and iteration. The paper does not say; 8 is SIPF's 4 correct + 4
+    incorrect kept per question (sapo keeps every distinct one)."""
+    questions_per_iteration: int | None = None
+    """How many training questions each iteration samples (a seeded draw, different each iteration);
+    null: all."""
+    temperature: float = 1.0
+    """Sampling temperature (SIPF: 1.0 for math, 0.7 for code)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (SIPF: 1.0)."""
+    max_new_tokens: int = 512
+    """Token budget of a sampled solution and of a rollout (SIPF: 512)."""
+    batch_size: int = 32
+    """Rows per model call when sampling and rolling out."""
+    backend: str = "transformers"
+    """``transformers`` (batched ``generate`` on the loaded model) or ``vllm`` (an engine over the
+    checkpoint folder; needs the ``vllm`` extra)."""
+    include_gold: bool = True
+    """The gold solutions join D_0 (``D_0 = Sample(M_0) ∪ D_org``, the paper) and may be chosen in pairs."""
+    accumulate: bool = True
+    """``D_t = new samples ∪ D_{t-1}`` (the paper); false: only the new samples (and the gold solutions)
+    make pairs."""
+
+    def __post_init__(self) -> None:
+        _at_least(
+            "sampling",
+            1,
+            samples_per_question=self.samples_per_question,
+            questions_per_iteration=self.questions_per_iteration,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+        )
+        if self.temperature < 0:
+            raise ValueError(f"{FLAG}.sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"{FLAG}.sampling.top_p must be in (0, 1], got {self.top_p}")
+        _choice("sampling", "backend", self.backend, BACKENDS)
+
+
+@dataclass
+class LabellingSettings:
+    """Step labels: L_0 from the first samples, L_t from each iteration's new samples."""
+
+    initial_strategy: SupervisionStrategy | None = None
+    """Labels the first samples (the paper: binary search, OmegaPRM-style); null:
+    ``BinarySearchSupervision()``."""
+    strategy: SupervisionStrategy | None = None
+    """Labels each iteration's new samples (the paper: SAPO's first-error supervision); null:
+    ``FirstErrorSupervision()``. Swap it for a baseline with one flag."""
+    per_iteration: int | None = None
+    """How many of an iteration's new samples are labelled (a seeded draw: the paper's ``subset``);
+    null: all."""
+    accumulate: bool = True
+    """The verifier trains on ``L_t ∪ L_{t-1}`` (a decision: the paper leaves it open); false: on L_t alone."""
+
+    def __post_init__(self) -> None:
+        _at_least("labelling", 1, per_iteration=self.per_iteration)
+        if self.initial_strategy is None:
+            self.initial_strategy = BinarySearchSupervision()
+        if self.strategy is None:
+            self.strategy = FirstErrorSupervision()
+
+
+@dataclass
+class VerifierSettings:
+    """Training the verifier V_t (a process reward model started from M_{t-1} with a new head)."""
+
+    epochs: int = 10
+    """Epochs over the labelled trajectories (SIPF: 10)."""
+    learning_rate: float = 5e-5
+    """Peak learning rate (SIPF: 5e-5)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (SIPF: 0.01)."""
+    warmup_ratio: float = 0.1
+    """Linear warm-up share of the schedule, then linear decay (SIPF: 0.1)."""
+    loss: str = "mse"
+    """``mse`` (the paper's) or ``bce``."""
+    lora: LoraSettings | None = None
+    """The verifier's adapter; null with a LoRA reasoner: SIPF's (r 16, alpha 32, dropout 0.05, all linear
+    layers); null with a fully fine-tuned reasoner: the whole backbone trains."""
+    gradient_clip: float | None = 0.3
+    """Max gradient norm (SIPF: 0.3); null: the trainer's ``gradient_clip_val``."""
+    threshold: float = 0.5
+    """τ: a step scored below it counts as wrong in the ProcessBench-style evaluation."""
+
+    def __post_init__(self) -> None:
+        _at_least("verifier", 1, epochs=self.epochs)
+        _positive("verifier", learning_rate=self.learning_rate)
+        _warmup("verifier", self.warmup_ratio)
+        _choice("verifier", "loss", self.loss, VERIFIER_LOSSES)
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"{FLAG}.verifier.threshold must be in (0, 1), got {self.threshold}")
+
+
+@dataclass
+class PairSettings:
+    """Preference pairs P_t = Pairs(V_t, D_t): per question, trajectories whose rewards differ by a margin."""
+
+    source: str = "verifier"
+    """``verifier`` (pairs ranked by V_t, the method) or ``rft`` (no pairs and no verifier: SFT on the correct
+    self-samples, the RFT baseline)."""
+    margin: float = 0.3
+    """η, the least difference of mean step scores between chosen and rejected (the paper: 0.3)."""
+    max_per_question: int = 4
+    """At most this many pairs per question, largest margin first."""
+    require_correct_chosen: bool = True
+    """The chosen side must have a correct answer (sapo's default; false is the paper's score-only rule)."""
+
+    def __post_init__(self) -> None:
+        _choice("pairs", "source", self.source, PAIR_SOURCES)
+        if not 0 <= self.margin <= 1:
+            raise ValueError(
+                f"{FLAG}.pairs.margin must be in [0, 1] (a difference of mean step scores), got {self.margin}"
+            )
+        _at_least("pairs", 1, max_per_question=self.max_per_question)
+
+
+@dataclass
+class ORPOSettings:
+    """Each round's alignment: M_t = ORPO(init, P_t)."""
+
+    init: str = "base"
+    """Where each round starts: ``base`` (the pretrained M, the paper's and SIPF's choice), ``sft`` (M0) or
+    ``previous`` (M_{t-1})."""
+    epochs: int = 8
+    """Epochs over the pairs (SIPF: 8)."""
+    learning_rate: float = 8e-5
+    """Peak learning rate (SIPF: 8e-5)."""
+    weight: float = 0.1
+    """λ of the odds-ratio term (ORPO's and SIPF's best value: 0.1)."""
+    warmup_ratio: float = 0.1
+    """Linear warm-up share of the schedule, then linear decay (SIPF: 0.1)."""
+
+    def __post_init__(self) -> None:
+        _choice("orpo", "init", self.init, ORPO_INITS)
+        _at_least("orpo", 1, epochs=self.epochs)
+        _positive("orpo", learning_rate=self.learning_rate)
+        _at_least("orpo", 0, weight=self.weight)
+        _warmup("orpo", self.warmup_ratio)
+
+
+@dataclass
+class EvaluationSettings:
+    """The held-out evaluation at the end of each iteration (greedy answers, and the verifier on them)."""
+
+    questions: int = 100
+    """How many held-out questions (the first ones of the data's ``heldout_task``)."""
+    max_new_tokens: int = 256
+    """Token budget of a greedy answer."""
+    batch_size: int = 32
+    """Rows per model call."""
+
+    def __post_init__(self) -> None:
+        _at_least(
+            "evaluation",
+            1,
+            questions=self.questions,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+        )
