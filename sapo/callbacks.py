@@ -1,8 +1,10 @@
-"""Lightning callbacks that measure the reasoner while it trains."""
+"""Lightning callbacks: measuring the reasoner while it trains, exporting it, and progress lines for logs."""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -10,7 +12,7 @@ import lightning as L
 from sapo.data.tasks.base import Task
 from sapo.eval.reasoner import sample_and_check
 
-__all__ = ["ExportPretrained", "HeldOutAccuracy"]
+__all__ = ["ExportPretrained", "HeldOutAccuracy", "ProgressLines"]
 
 
 class HeldOutAccuracy(L.Callback):
@@ -89,3 +91,46 @@ class ExportPretrained(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             pl_module.save_pretrained(self.dirpath)
+
+
+class ProgressLines(L.Callback):
+    """Training progress as plain lines, for output that goes to a file rather than a terminal.
+
+    A progress bar redraws one line with carriage returns, so a redirected log shows nothing useful until
+    the phase ends. This prints ``[sapo] <name>: step s/N (p%), loss x, r steps/s`` about every
+    ``every_seconds`` and at the end of training.
+
+    Args:
+        name: what the lines call the run (the loop's phase).
+        every_seconds: the least time between two lines.
+    """
+
+    def __init__(self, name: str, every_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.name = name
+        self.every_seconds = every_seconds
+
+    @staticmethod
+    def wanted() -> bool:
+        """Whether output goes elsewhere than a terminal (then lines read better than a bar)."""
+        return not sys.stderr.isatty()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_seconds:
+            self._last = now
+            self._print(trainer, now)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print(trainer, time.monotonic())
+
+    def _print(self, trainer: L.Trainer, now: float) -> None:
+        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        loss = trainer.callback_metrics.get("train/loss")
+        rate = step / max(now - self._started, 1e-9)
+        share = f" ({100 * step / total:.0f}%)" if total and total != float("inf") else ""
+        loss_text = f", loss {float(loss):.4f}" if loss is not None else ""
+        print(f"[sapo] {self.name}: step {step}/{total}{share}{loss_text}, {rate:.2f} steps/s", flush=True)

@@ -276,7 +276,7 @@ def test_unknown_name_lists_every_way_that_was_tried(monkeypatch, tmp_path):
     assert f"not a known name (known: {PACKAGED_SMOLLM2}, {TINY_RANDOM}" in message
     assert "not a .gguf file" in message
     assert f"no local folder at {tmp_path / 'nobody' / 'no-such-model'}" in message
-    assert "hub nobody/no-such-model: OSError" in message
+    assert "hub: 'nobody/no-such-model' was taken for a hub model id, but offline mode is set" in message
 
 
 def test_missing_gguf_file_is_named(tmp_path):

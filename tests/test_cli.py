@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,11 @@ import yaml
 from conftest import SHARED_DATA
 from transformers import AutoModelForCausalLM
 
+from sapo import cli
 from sapo.cli import SapoCLI
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SAPO = Path(sys.executable).parent / "sapo"
 
 
 def _sapo(capsys, *args: str) -> tuple[int, str, str]:
@@ -162,3 +167,203 @@ def test_every_recipe_builds_and_its_task_gives_gold_solutions(recipe, tmp_path,
     assert gold.steps and gold.labels == [1.0] * len(gold.steps)
     # The gold solution, written out as a completion, passes the task's own check.
     assert task.trajectory(questions[0], task.completion_text(gold.steps)).outcome is True
+
+
+# --- the console command: one-line errors, --print_config with comments, help, quiet output -----------------
+
+
+def _console(*args: str, cwd: Path, debug: bool = False) -> subprocess.CompletedProcess:
+    """Run the installed `sapo` command (the environment passes through, PYTHONPATH included)."""
+    env = {key: value for key, value in os.environ.items() if key != "SAPO_DEBUG"}
+    if debug:
+        env["SAPO_DEBUG"] = "1"
+    return subprocess.run([str(SAPO), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def _nothing_started(workdir: Path) -> bool:
+    """No run directory, log or saved config appeared in the command's working directory."""
+    return not any(workdir.iterdir())
+
+
+def _smoke(workdir: Path, *override: str) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "smoke.yaml"),
+        "--model.init_args.run_dir",
+        str(workdir / "run"),
+        *override,
+    ]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            ["--model.init_args.labelling.strategy.init_args.k", "-2"],
+            # the strategy's own message names no key: the command finds the one component it came from
+            "sapo: error: model.init_args.labelling.strategy.init_args.k must be at least 1, got -2\n",
+        ),
+        (
+            ["--model.init_args.pairs.margin", "1.5"],
+            "sapo: error: model.init_args.pairs.margin must be in [0, 1] (a difference of mean step scores), "
+            "got 1.5\n",
+        ),
+        (
+            ["--model.init_args.pairs.marginn", "0.3"],
+            "sapo: error: unknown key model.init_args.pairs.marginn\n",
+        ),
+        (
+            ["--data.init_args.batch_size", "many"],
+            "sapo: error: data.init_args.batch_size: Expected a <class 'int'>. Got value: many\n",
+        ),
+    ],
+    ids=["k", "margin", "unknown-key", "type"],
+)
+def test_a_bad_value_is_one_line_naming_the_key(override, message, tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    result = _console(*_smoke(workdir, *override), cwd=workdir)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr
+    assert len(result.stderr.splitlines()) <= 2  # the message, after Lightning's "Seed set to 0"
+    assert _nothing_started(workdir)
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    missing = tmp_path / "nosuch.yaml"
+    result = _console("fit", "--config", str(missing), cwd=workdir)
+    assert result.returncode == 2
+    assert result.stderr == f"sapo: error: --config {missing}: no such file\n"
+    assert _nothing_started(workdir)
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("model:\n  init_args:\n    pairs: {margin: 0.3\n    run_dir: x\n")
+    result = _console("fit", "--config", str(CONFIGS / "smoke.yaml"), "--config", str(recipe), cwd=workdir)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"sapo: error: {recipe}, line 4, column 12: ")
+    assert "<unicode string>" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert _nothing_started(workdir)
+
+
+def test_sapo_debug_gives_the_traceback(tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    result = _console(
+        *_smoke(workdir, "--model.init_args.labelling.strategy.init_args.k", "-2"), cwd=workdir, debug=True
+    )
+    assert result.returncode != 0
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "k must be at least 1, got -2" in result.stderr and "sapo: error:" not in result.stderr
+    assert _nothing_started(workdir)
+
+
+def test_print_config_prints_the_help_as_comments(tmp_path):
+    commented = _console("fit", "--print_config", cwd=tmp_path)
+    plain = _console("fit", "--print_config=", cwd=tmp_path)  # jsonargparse's flags still work
+    assert commented.returncode == 0 and plain.returncode == 0, commented.stderr + plain.stderr
+    # without --config the recipe is sapo's defaults, and says so first
+    assert commented.stdout.splitlines()[0] == cli.DEFAULTS_LABEL == plain.stdout.splitlines()[0]
+    comments = " ".join(
+        " ".join(line.split()) for line in commented.stdout.splitlines() if line.lstrip().startswith("#")
+    )
+    # a settings dataclass's field docstring (sapo/evolution/settings.py) ...
+    assert "# K, trajectories sampled per question and iteration. The paper does not say" in comments
+    # ... and a class's Args: docstring (SelfEvolution's run_dir)
+    assert "# where every phase's artifacts, the manifest and the report go" in comments
+    assert not [
+        line for line in plain.stdout.splitlines()[2:] if line.lstrip().startswith("#")
+    ]  # no comments
+    assert yaml.safe_load(commented.stdout) == yaml.safe_load(plain.stdout)
+    assert yaml.safe_load(plain.stdout)["model"]["init_args"]["sampling"]["samples_per_question"] == 8
+
+
+def test_fit_help_says_how_to_see_the_loops_arguments(tmp_path):
+    result = _console("fit", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    head = " ".join(result.stdout.split("options:")[0].split())  # the description, above the options
+    assert "`sapo fit --model.help sapo.evolution.SelfEvolution`" in head
+
+
+NOISE = ("GPU available", "TPU available", "litlogger", "FutureWarning")
+
+
+def test_lightnings_banner_lines_are_left_out_unless_debugging(tmp_path):
+    """A `sapo fit` that builds its trainer, then stops before any work (--ckpt_path is refused)."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    args = _smoke(workdir, "--ckpt_path", str(tmp_path / "last.ckpt"))
+    quiet = _console(*args, cwd=workdir)
+    assert quiet.returncode == 2
+    assert "sapo: error: --ckpt_path does not apply to the self-evolution loop" in quiet.stderr
+    assert not [line for line in (quiet.stdout + quiet.stderr).splitlines() if any(n in line for n in NOISE)]
+    loud = _console(*args, cwd=workdir, debug=True)
+    assert "GPU available" in loud.stderr + loud.stdout and "Traceback" in loud.stderr
+    assert _nothing_started(workdir)
+
+
+def test_quiet_leaves_out_only_the_known_noise():
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    cuda = logging.getLogger("lightning.pytorch.accelerators.cuda")
+    level = cuda.level
+    message = "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing`"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli._quiet()
+            warnings.warn_explicit(
+                message, FutureWarning, "modeling_utils.py", 1, module="transformers.modeling_utils"
+            )
+            assert not caught
+            warnings.warn_explicit(
+                message, FutureWarning, "mine.py", 1, module="mypackage.mine"
+            )  # not that one
+            warnings.warn_explicit(
+                "something else", FutureWarning, "modeling_utils.py", 2, module="transformers.modeling_utils"
+            )
+            assert len(caught) == 2
+
+        def shown(text: str) -> bool:
+            return rank_zero.filter(logging.LogRecord(rank_zero.name, logging.INFO, "", 0, text, None, None))
+
+        assert not shown("GPU available: False, used: False")
+        assert not shown("TPU available: False, using: 0 TPU cores")
+        assert not shown(
+            "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]"
+        )
+        assert not shown(
+            "`Trainer(limit_train_batches=1.0)` was configured so 100% of the batches per epoch will be used.."
+        )
+        assert shown("`Trainer.fit` stopped: `max_epochs=1` reached.")
+        assert shown("`Trainer(limit_train_batches=4)` was configured so 4 batches per epoch will be used.")
+    finally:
+        rank_zero.removeFilter(cli._NOISE_FILTER)
+        logging.getLogger("lightning.fabric.utilities.rank_zero").removeFilter(cli._NOISE_FILTER)
+        cuda.setLevel(level)
+
+
+def test_a_constructors_message_gets_a_key_only_when_one_component_matches():
+    """The key is found by the failing component's class and arguments; when two are the same, none is named."""
+
+    def message(*override: str) -> str:
+        args = ["--config", str(CONFIGS / "smoke.yaml"), *override]
+        with pytest.raises(ValueError) as error:
+            SapoCLI(args=args, run=False)
+        return cli.error_message(error.value)
+
+    first_error = "sapo.supervision.FirstErrorSupervision"
+    initial = ["--model.init_args.labelling.initial_strategy", first_error]
+    # the same class as the strategy, other arguments: one match
+    assert message(*initial, "--model.init_args.labelling.initial_strategy.init_args.k", "-2") == (
+        "model.init_args.labelling.initial_strategy.init_args.k must be at least 1, got -2"
+    )
+    both = [*initial, "--model.init_args.labelling.initial_strategy.init_args.k", "-2"]
+    both += ["--model.init_args.labelling.strategy.init_args.k", "-2"]
+    assert message(*both) == "k must be at least 1, got -2"  # two identical components: no key is sure

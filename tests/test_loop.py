@@ -89,24 +89,89 @@ def _phase_started(phase: str, after: float = 0.0):
 
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory, sapo_cache_dir):
-    """The smoke loop killed during sampling, during labelling and during training, then run to the end."""
+    """The smoke loop killed during sampling, during labelling, during a verifier's and an ORPO phase's
+    training, then run to the end."""
     cwd = tmp_path_factory.mktemp("smoke")
     run_dir = cwd / "runs" / "smoke"
     command = _command(run_dir, sapo_cache_dir, "--data.init_args.chunk_size", "1")
     kills = []
-    for until in (_chunk_finished("samples_1"), _chunk_finished("labels_1"), _phase_started("orpo_1", 0.5)):
+    points = (
+        _chunk_finished("samples_1"),
+        _chunk_finished("labels_1"),
+        _phase_started("verifier_1", 0.5),
+        _phase_started("orpo_1", 0.5),
+    )
+    for until in points:
         kills.append(_run_until(command, cwd, run_dir, until))
         kills.append(json.loads((run_dir / "manifest.json").read_text())["phases"].keys())
     kills.append(_run_until(command, cwd, run_dir, lambda events: False))
     return cwd, run_dir, kills
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory, sapo_cache_dir):
+    """The same smoke loop run once from start to end."""
+    cwd = tmp_path_factory.mktemp("smoke_whole")
+    run_dir = cwd / "runs" / "smoke"
+    command = _command(run_dir, sapo_cache_dir, "--data.init_args.chunk_size", "1")
+    assert _run_until(command, cwd, run_dir, lambda events: False) == "finished"
+    return run_dir
+
+
+#: fields that hold wall-clock times: the only thing a resumed run may change
+TIMES = {"seconds", "stop_check_seconds", "time", "finished_at"}
+
+
+def _without_times(value):
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if k not in TIMES}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+def _report_without_times(run_dir: Path) -> list[str]:
+    """The report's lines with the run's folder and the labelling table's seconds column taken out."""
+    lines = (run_dir / "report.md").read_text().replace(str(run_dir), "<run>").splitlines()
+    return [line.rsplit("|", 2)[0] if line.startswith("| labels_") else line for line in lines]
+
+
+def test_a_resumed_run_makes_the_artifacts_of_an_uninterrupted_one(resumed_run, uninterrupted_run):
+    _, resumed, kills = resumed_run
+    assert kills[0::2] == ["killed"] * 4 + ["finished"]
+    files = sorted(p.relative_to(uninterrupted_run) for p in uninterrupted_run.rglob("*") if p.is_file())
+    jsonl = [f for f in files if f.suffix == ".jsonl" and f.name != "events.jsonl" and "logs" not in f.parts]
+    models = [f for f in files if f.suffix == ".safetensors"]
+    assert (
+        len(jsonl) >= 20 and len(models) == 6
+    )  # samples, labels, pairs, heldout, chunks; 3 reasoners, 3 verifiers
+    for name in jsonl:
+        whole = [json.loads(line) for line in (uninterrupted_run / name).read_text().splitlines()]
+        again = [json.loads(line) for line in (resumed / name).read_text().splitlines()]
+        assert _without_times(again) == _without_times(whole), name
+    for name in models:
+        assert (resumed / name).read_bytes() == (uninterrupted_run / name).read_bytes(), name
+    manifest = {
+        p: _without_times(v) for p, v in json.loads((resumed / "manifest.json").read_text())["phases"].items()
+    }
+    expected = json.loads((uninterrupted_run / "manifest.json").read_text())["phases"]
+    expected = {p: _without_times(v) for p, v in expected.items()}
+    for summary in (*manifest.values(), *expected.values()):  # the folders differ, the files in them do not
+        for key in ("reasoner", "verifier"):
+            if key in summary:
+                summary[key] = Path(summary[key]).relative_to(Path(summary[key]).parents[1]).as_posix()
+    assert manifest == expected  # costs included: a resumed phase's cost adds up its chunks of every process
+    assert _report_without_times(resumed) == _report_without_times(uninterrupted_run)
+
+
 def test_killed_runs_resume_and_nothing_finished_is_done_twice(resumed_run):
     _, run_dir, kills = resumed_run
     outcomes, finished_at_kill = kills[0::2], kills[1::2]
-    assert outcomes == ["killed", "killed", "killed", "finished"]
+    assert outcomes == ["killed"] * 4 + ["finished"]
     # each kill came inside the phase it aimed at: that phase was not finished when the process died
-    for phase, finished in zip(("samples_1", "labels_1", "orpo_1"), finished_at_kill, strict=True):
+    for phase, finished in zip(
+        ("samples_1", "labels_1", "verifier_1", "orpo_1"), finished_at_kill, strict=True
+    ):
         assert phase not in finished
     events = _events(run_dir)
     finishes = Counter((e["phase"], e.get("chunk")) for e in events if e["event"] == "finish")
@@ -114,7 +179,8 @@ def test_killed_runs_resume_and_nothing_finished_is_done_twice(resumed_run):
     # the interrupted phases had finished chunks before the kill, and the rerun did not redo them
     assert finishes[("samples_1", 0)] == 1 and finishes[("labels_1", 0)] == 1
     restarted = Counter(e["phase"] for e in events if e["event"] == "start" and "chunk" not in e)
-    assert restarted["orpo_1"] == 2 and restarted["sft"] == 1  # the killed training phase ran again, alone
+    # the killed training phases ran again, alone
+    assert restarted["orpo_1"] == 2 and restarted["verifier_1"] == 2 and restarted["sft"] == 1
     manifest = json.loads((run_dir / "manifest.json").read_text())
     expected = ["sft", "samples_0", "labels_0", "verifier_0", "eval_0"] + [
         f"{p}_{t}" for t in (1, 2) for p in ("samples", "labels", "verifier", "pairs", "orpo", "eval")
@@ -150,13 +216,10 @@ def test_the_run_directory_holds_every_phase_and_a_report(resumed_run):
             assert f"| {100 * change:+.1f} ± {100 * half_width:.1f} pts |" in report
     for png in ("accuracy.png", "verifier_f1.png", "label_cost.png"):
         assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
-    rows = [  # one logger version per process: the killed runs logged the iterations they finished
-        row
-        for path in sorted((cwd / "runs" / "smoke" / "logs").glob("version_*/metrics.csv"))
-        for row in csv.DictReader(path.open())
-    ]
-    logged = sorted((r for r in rows if r.get("iteration/heldout_accuracy")), key=lambda r: int(r["step"]))
+    # one log for the whole run, though five processes made it
+    logged = list(csv.DictReader((run_dir / "logs" / "iterations" / "metrics.csv").open()))
     assert [int(r["step"]) for r in logged] == [0, 1, 2]
+    assert list((run_dir / "logs" / "iterations").glob("events.out.tfevents.*"))  # TensorBoard beside it
     assert float(logged[-1]["iteration/heldout_accuracy"]) == manifest["eval_2"]["heldout_accuracy"]
 
 

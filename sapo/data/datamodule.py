@@ -24,6 +24,16 @@ def gold_pairs(task: Task, tokenizer: Any) -> list[PreferencePair]:
     return pairs
 
 
+def _describe_task(task: Task) -> str:
+    """How errors name a task: its class and, where it has them, its source, split and slice."""
+    parts = [
+        f"{key}={getattr(task, key)!r}"
+        for key in ("source", "split", "start", "stop")
+        if getattr(task, key, None) is not None
+    ]
+    return f"{type(task).__name__}({', '.join(parts)})" if parts else repr(task)
+
+
 def pair_lengths(pairs: Sequence[PreferencePair], collator: PairCollator) -> list[int]:
     """Tokens each pair puts in a batch: ``len(chosen) + len(rejected)`` as the collator encodes them.
 
@@ -42,7 +52,8 @@ class SFTDataModule(L.LightningDataModule):
     """Supervised fine-tuning on a task's reference solutions (the loop's first phase, and the SFT baseline).
 
     The tokenizer is the model's: it is read from the LightningModule in :meth:`setup`, so the prompt
-    template and the tokens always match the model being trained.
+    template and the tokens always match the model being trained. A task (or ``val_task``) that gives no
+    question is refused in :meth:`setup` with an error naming it and its source.
 
     Args:
         task: where the training questions and their gold solutions come from.
@@ -88,8 +99,16 @@ class SFTDataModule(L.LightningDataModule):
         self.collator = PairCollator(tokenizer, self.task.separator, self.max_length)
         if stage == "fit" and not self.train_pairs:
             self.train_pairs = gold_pairs(self.task, tokenizer)
+            if not self.train_pairs:
+                raise ValueError(
+                    f"SFTDataModule: task {_describe_task(self.task)} gave no question to train on"
+                )
         if self.val_task is not None and not self.val_pairs:
             self.val_pairs = gold_pairs(self.val_task, tokenizer)
+            if not self.val_pairs:
+                raise ValueError(
+                    f"SFTDataModule: val_task {_describe_task(self.val_task)} gave no question to validate on"
+                )
 
     def train_dataloader(self) -> DataLoader:
         return training_dataloader(

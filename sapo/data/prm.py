@@ -265,7 +265,8 @@ class PRMDataModule(L.LightningDataModule):
     --data.train_file labelled.jsonl``. Every trajectory must have labels (an error names the file, line,
     index and question id of one that has none). Trajectories are tokenised once in :meth:`setup` with the
     attached verifier's collator (its tokenizer, prompt, separator and ``max_length``), so training reads
-    trajectories exactly as :meth:`~sapo.models.verifier.PRMVerifier.score` does.
+    trajectories exactly as :meth:`~sapo.models.verifier.PRMVerifier.score` does. A file that gives no
+    example (empty, or no labelled step within ``max_length``) is refused with an error naming it.
 
     Args:
         train_file: JSONL of labelled trajectories (:func:`sapo.data.write_jsonl`).
@@ -317,11 +318,23 @@ class PRMDataModule(L.LightningDataModule):
         if stage == "fit" and not self.train_examples:
             if self.train_file is None:
                 raise ValueError("PRMDataModule: fitting needs train_file")
-            self.train_examples = encode_labelled(read_labelled_trajectories(self.train_file), self.collator)
-            if not self.train_examples:
-                raise ValueError(f"{self.train_file}: no trajectory with a labelled step to train on")
+            self.train_examples = self._examples("train_file", self.train_file)
         if stage in ("fit", "validate") and self.val_file is not None and not self.val_examples:
-            self.val_examples = encode_labelled(read_labelled_trajectories(self.val_file), self.collator)
+            self.val_examples = self._examples("val_file", self.val_file)
+
+    def _examples(self, argument: str, path: str) -> list[PRMExample]:
+        """The encoded trajectories of ``path``; none at all raises a ValueError naming ``argument`` and the
+        file (an empty file, or every trajectory without a labelled step within ``max_length``)."""
+        records = read_labelled_trajectories(path)
+        if not records:
+            raise ValueError(f"{argument} {path}: holds no trajectory (it is empty, or has only blank lines)")
+        examples = encode_labelled(records, self.collator)
+        if not examples:
+            raise ValueError(
+                f"{argument} {path}: no trajectory with a labelled step: all {len(records)} "
+                f"lose every label (cut by max_length={self.collator.max_length}, or unplaced)"
+            )
+        return examples
 
     def train_dataloader(self) -> DataLoader:
         return training_dataloader(

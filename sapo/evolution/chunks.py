@@ -36,17 +36,26 @@ def sample_in_chunks(
     cost: Cost,
 ) -> list[Trajectory]:
     """K checked, deduplicated trajectories per question; finished chunks in ``store`` are read back, the
-    others sampled (their sampling cost added to ``cost``) and written."""
+    others sampled and written. Every chunk's sampling cost, made by this process or an earlier one, is
+    added to ``cost``."""
     trajectories: list[Trajectory] = []
     for index, chunk in enumerate(chunks):
         if not store.has(index):
             store.start(index, of=len(chunks))
             chunk_sampler = sampler(derive_seed(seed, index))
             adapter = TaskRolloutSampler(chunk_sampler, task, chunk)
-            store.write(index, adapter.sample_trajectories(chunk, samples_per_question))
-            cost.add(chunk_sampler.cost)
+            store.write(
+                index, adapter.sample_trajectories(chunk, samples_per_question), cost=chunk_sampler.cost
+            )
+            progress(store.phase, index, len(chunks))
         trajectories += store.read(index)
+        cost.add(store.cost(index))
     return trajectories
+
+
+def progress(phase: str, index: int, of: int) -> None:
+    """One line per finished chunk: readable on a terminal and in a redirected log alike."""
+    print(f"[sapo] {phase}: chunk {index + 1}/{of} done", flush=True)
 
 
 def label_subset(
@@ -86,6 +95,7 @@ def label_in_chunks(
             out = strategy.label(chunk, rollouts, scorer)
             records = [{"role": role, **t.to_dict()} for role in ROLES for t in getattr(out, role)]
             store.write(index, records + [{"role": "cost", **out.cost.to_dict()}])
+            progress(store.phase, index, len(chunks))
         for record in store.read_records(index):
             role = record.pop("role")
             if role == "cost":

@@ -22,13 +22,18 @@ between them come sampling and labelling, which are not training. A fresh traine
 module's hooks what Lightning means them to be.
 
 Every phase runs through one skeleton (:meth:`SelfEvolution._phase`): skip it if the run directory's
-manifest has it finished, else record its start, do its work (which writes its artifacts), record it
-finished with a summary, and free the memory of the models it loaded. Sampling and labelling also write
+manifest has it finished, else record its start, seed every random generator from the run's seed and the
+phase's name alone, do its work (which writes its artifacts), record it finished with a summary, and free
+the memory of the models it loaded. Because each phase's random state depends only on the seed and the
+phase (and each chunk's on the chunk), a run killed anywhere and resumed makes the same artifacts as one
+that never stopped. Sampling and labelling also write
 chunk by chunk (:mod:`sapo.evolution.chunks`), so a rerun skips the finished chunks of a half-done phase.
 
 The phase trainers copy the ``sapo fit`` trainer's accelerator, devices, precision, gradient accumulation
-and clipping, and write their own CSV and TensorBoard logs under ``<run_dir>/logs/phases/<phase>``; the
-loop's per-iteration metrics go to the ``sapo fit`` trainer's loggers and to ``<run_dir>/report.md``.
+and clipping, and write their own CSV and TensorBoard logs under ``<run_dir>/logs/phases/<phase>``. The
+loop's per-iteration metrics go to ``<run_dir>/logs/iterations/`` (``metrics.csv``, rewritten from the
+manifest so that a resumed run's iterations stay in one file, and TensorBoard events), to any other logger
+of the ``sapo fit`` trainer (Weights & Biases, MLflow, ...), and to ``<run_dir>/report.md``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from sapo.callbacks import ProgressLines
 from sapo.data.pairs import build_pairs, rft_pairs
 from sapo.data.preference import read_pairs
 from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
@@ -52,7 +58,7 @@ from sapo.eval.processbench import evaluate_on_oracle
 from sapo.eval.reasoner import sample_and_check
 from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunks
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
-from sapo.evolution.report import write_report
+from sapo.evolution.report import write_metrics_csv, write_report
 from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory
 from sapo.evolution.settings import (
     EvaluationSettings,
@@ -69,6 +75,9 @@ from sapo.models.verifier import PRMVerifier
 from sapo.rollout import Sampler, derive_seed
 
 __all__ = ["SelfEvolution"]
+
+#: settings a finished run may raise to continue (a new iteration is appended, nothing is redone)
+EXTENDABLE = ("model.init_args.iterations",)
 
 
 class SelfEvolution:
@@ -149,10 +158,16 @@ class SelfEvolution:
             )
         self.template = trainer
         self.data = data
-        self.run = RunDirectory(self.run_dir, settings)
+        self.run = RunDirectory(self.run_dir, settings, extendable=EXTENDABLE)
         done = self.run.finished
         if done:
             print(f"[sapo] resuming {self.run_dir}: {len(done)} phases finished ({done[-1]} last)")
+        if data.heldout_task is None:
+            print(
+                "[sapo] warning: no held-out task (data.init_args.heldout_task is null): no accuracy is measured; "
+                "the report says so"
+            )
+        self._loggers = self._iteration_loggers()
         self._prompts: TaskPrompts | None = None
         reasoner = self._sft_phase()
         samples = self._samples_phase(0, reasoner)
@@ -182,6 +197,7 @@ class SelfEvolution:
         """
         if not self.run.done(name):
             self.run.start(name, **start)
+            L.seed_everything(derive_seed(self.seed, name) % 2**31, workers=True, verbose=False)
             summary = work()
             self.run.finish(name, **summary)
             _free()
@@ -382,9 +398,10 @@ class SelfEvolution:
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and v is not None and k not in ("iteration", "finished_at")
         }
-        for logger in self.template.loggers:
+        for logger in self._loggers:
             logger.log_metrics(scalars, step=t)
             logger.save()
+        write_metrics_csv(self.run_dir / "logs" / "iterations" / "metrics.csv", self._iteration_metrics())
         summary = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in scalars.items())
         print(f"[sapo] iteration {t}: {summary}")
         write_report(self.run, self._iteration_metrics())
@@ -514,6 +531,19 @@ class SelfEvolution:
         """Sampling and scoring under the trainer's precision (bf16 autocast with ``bf16-mixed``)."""
         return self.template.precision_plugin.forward_context()
 
+    def _iteration_loggers(self) -> list[Any]:
+        """Where the per-iteration metrics go: TensorBoard under ``<run_dir>/logs/iterations`` (event files
+        of every process of the run in one folder), and the ``sapo fit`` trainer's loggers other than CSV
+        and TensorBoard ones (those would write where the recipe's ``save_dir`` says, not in this run's
+        folder; the CSV is :func:`write_metrics_csv`'s)."""
+        own = TensorBoardLogger(self.run_dir / "logs", name="iterations", version="", default_hp_metric=False)
+        others = [
+            logger
+            for logger in self.template.loggers
+            if not isinstance(logger, (CSVLogger, TensorBoardLogger))
+        ]
+        return [own, *others]
+
     def _fit(
         self,
         phase: str,
@@ -522,7 +552,6 @@ class SelfEvolution:
         epochs: int,
         gradient_clip: float | None = None,
     ) -> None:
-        L.seed_everything(derive_seed(self.seed, phase) % 2**31, workers=True, verbose=False)
         trainer = self._phase_trainer(phase, epochs, gradient_clip)
         trainer.fit(module, datamodule=data)
 
@@ -530,7 +559,9 @@ class SelfEvolution:
         template = self.template
         logs = self.run_dir / "logs" / "phases"
         return L.Trainer(
-            accelerator=template.accelerator,
+            # the device type, not the accelerator object: given an object, Lightning sets mixed precision
+            # up for CUDA, and on a CPU bf16-mixed would then run in float32
+            accelerator=template.strategy.root_device.type,
             devices=template.num_devices,
             precision=template.precision,
             max_epochs=epochs,
@@ -542,7 +573,8 @@ class SelfEvolution:
             num_sanity_val_steps=0,
             enable_checkpointing=False,
             enable_model_summary=False,
-            enable_progress_bar=template.progress_bar_callback is not None,
+            enable_progress_bar=template.progress_bar_callback is not None and not ProgressLines.wanted(),
+            callbacks=[ProgressLines(phase)] if ProgressLines.wanted() else None,
             logger=[
                 CSVLogger(logs, name=phase, version=""),
                 TensorBoardLogger(logs, name=phase, version="", default_hp_metric=False),

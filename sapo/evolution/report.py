@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sapo.eval.reasoner import paired_difference
 from sapo.evolution.run_directory import RunDirectory
 
-__all__ = ["write_report"]
+__all__ = ["write_metrics_csv", "write_report"]
 
 
 def _fmt(value: Any, percent: bool = False) -> str:
@@ -33,6 +36,14 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
         '"vs SFT" is the change on the same held-out questions, ± its 95% interval (paired, normal',
         "approximation): where the interval includes zero, the change cannot be told from noise.",
         "",
+    ]
+    if iterations and all(m.get("heldout_accuracy") is None for m in iterations):
+        lines += [
+            "**Warning: no held-out accuracy was measured** (the recipe has no `data.init_args.heldout_task`),",
+            "so this report cannot say whether the reasoner improved.",
+            "",
+        ]
+    lines += [
         "| iteration | held-out accuracy | vs SFT | verifier F1 | error acc. | correct acc. "
         "| self-verification error | label completions (cumulative) | label tokens (cumulative) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -154,3 +165,27 @@ def _plots(
         plt.close(fig)
         made.append(("label cost per phase and strategy", "label_cost.png"))
     return made
+
+
+def write_metrics_csv(path: Path, iterations: list[dict[str, Any]]) -> None:
+    """The per-iteration metrics as one CSV (a row per iteration, a column per numeric metric), rewritten
+    whole from the manifest's records, so a run resumed by several processes keeps one file."""
+    rows = [
+        {"step": m["iteration"]}
+        | {
+            f"iteration/{k}": v
+            for k, v in m.items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and k not in ("iteration", "finished_at")
+        }
+        for m in iterations
+    ]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

@@ -9,19 +9,24 @@ flushed: it is how one sees (and the tests check) that nothing finished was done
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sapo.data.trajectory import Trajectory, read_jsonl, write_jsonl
+from sapo.data.trajectory import Cost, Trajectory, TrajectoryFormatError, iter_jsonl, read_jsonl, write_jsonl
 
 __all__ = ["ChunkedJsonl", "RunDirectory", "RunMismatchError", "write_json_atomic"]
 
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
+#: a chunk folder's record of the settings its chunks were made under
+SETTINGS = "settings.json"
 
 
 class RunMismatchError(RuntimeError):
@@ -48,26 +53,45 @@ class RunDirectory:
         settings: what the run's results depend on (the recipe's model and data arguments). Stored in the
             manifest by the first run; a rerun with different settings raises :class:`RunMismatchError`
             before any work, since its phases would mix two runs.
+        extendable: dotted keys of ``settings`` that a rerun may raise without redoing anything (the number
+            of iterations: a finished run continues with new ones). Lowering one is a mismatch.
     """
 
-    def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        settings: dict[str, Any] | None = None,
+        extendable: Sequence[str] = (),
+    ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / MANIFEST
         if manifest.is_file():
-            self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
+            try:
+                self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise RunMismatchError(
+                    f"{manifest} is not valid JSON ({error.msg}, line {error.lineno}); it was changed by hand "
+                    "or by another program. Restore it, or use a new run directory"
+                ) from None
         else:
             self.manifest = {"settings": settings, "phases": {}}
         if settings is not None:
             stored = self.manifest.get("settings")
-            if stored is not None and self.manifest["phases"] and _canonical(stored) != _canonical(settings):
+            if stored is not None and self.manifest["phases"]:
                 changed = sorted(_differences(stored, settings))
-                raise RunMismatchError(
-                    f"{self.path} holds phases of a run with other settings (they differ at: "
-                    f"{', '.join(changed[:8]) or 'the settings'}); use a new run directory, or delete "
-                    f"{manifest} to start over"
-                )
+                refused = [key for key in changed if not _raised(key, stored, settings, extendable)]
+                if refused:
+                    raise RunMismatchError(
+                        f"{self.path} holds phases of a run with other settings (they differ at: "
+                        f"{', '.join(refused[:8])}); use a new run directory, or delete the run directory "
+                        "to start over"
+                    )
             self.manifest["settings"] = settings
+        #: what the run's artifacts depend on: the settings without the extendable keys
+        self.fingerprint = _fingerprint(
+            settings if settings is not None else self.manifest.get("settings"), extendable
+        )
         self._write_manifest()
 
     # --- phases -------------------------------------------------------------------------------------------
@@ -104,17 +128,24 @@ class RunDirectory:
 class ChunkedJsonl:
     """A long phase's output written chunk by chunk, so that a killed run keeps every finished chunk.
 
-    Chunk ``i`` lives in ``<name>.parts/chunk_<i>.jsonl`` (written atomically); the phase writes its one
-    file from all of them once every chunk is there.
+    Chunk ``i`` lives in ``<name>.parts/chunk_<i>.jsonl`` (written atomically), with what making it cost in
+    ``chunk_<i>.cost.json``; the phase writes its one file from all of them once every chunk is there. The
+    folder's ``settings.json`` holds the run's settings fingerprint: chunks made under other settings (a
+    run directory whose manifest was deleted, then rerun with another recipe) are never read back; they are
+    moved aside to ``<name>.parts.stale/`` with a warning, and the phase starts over.
     """
 
     def __init__(self, run: RunDirectory, phase: str, name: str) -> None:
         self.run = run
         self.phase = phase
         self.folder = run.path / f"{name}.parts"
+        self._check_settings()
 
     def path(self, index: int) -> Path:
         return self.folder / f"chunk_{index:05d}.jsonl"
+
+    def cost_path(self, index: int) -> Path:
+        return self.folder / f"chunk_{index:05d}.cost.json"
 
     def has(self, index: int) -> bool:
         return self.path(index).is_file()
@@ -123,20 +154,98 @@ class ChunkedJsonl:
         """Record in the event log that chunk ``index`` (of ``of``) is being made."""
         self.run.start(self.phase, chunk=index, of=of)
 
-    def write(self, index: int, records: Sequence[Trajectory | dict[str, Any]]) -> None:
+    def write(
+        self, index: int, records: Sequence[Trajectory | dict[str, Any]], cost: Cost | None = None
+    ) -> None:
+        """Write chunk ``index`` (and first, when given, its cost: the chunk file is what marks it done)."""
+        if not (self.folder / SETTINGS).is_file():
+            write_json_atomic(self.folder / SETTINGS, {"fingerprint": self.run.fingerprint})
+        if cost is not None:
+            write_json_atomic(self.cost_path(index), cost.to_dict())
         write_jsonl(records, self.path(index))
         self.run.event("finish", self.phase, chunk=index)
 
     def read(self, index: int) -> list[Trajectory]:
-        return read_jsonl(self.path(index))
+        try:
+            return read_jsonl(self.path(index))
+        except TrajectoryFormatError as error:
+            raise TrajectoryFormatError(f"{error}; {self._redo(index)}") from None
 
     def read_records(self, index: int) -> list[dict[str, Any]]:
-        lines = self.path(index).read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        try:
+            return [record for _, record in iter_jsonl(self.path(index))]
+        except TrajectoryFormatError as error:
+            raise TrajectoryFormatError(f"{error}; {self._redo(index)}") from None
+
+    def cost(self, index: int) -> Cost:
+        """What making chunk ``index`` cost (zero for a chunk written without a cost record)."""
+        path = self.cost_path(index)
+        if not path.is_file():
+            return Cost()
+        try:
+            return Cost.from_dict(json.loads(path.read_text(encoding="utf-8")), where=str(path))
+        except json.JSONDecodeError as error:
+            raise TrajectoryFormatError(
+                f"{path}: not valid JSON ({error.msg}); {self._redo(index)}"
+            ) from None
+
+    def _redo(self, index: int) -> str:
+        return f"the chunk was changed after it was written: delete {self.path(index)} to make it again"
+
+    def _check_settings(self) -> None:
+        if not self.folder.is_dir():
+            return
+        record = self.folder / SETTINGS
+        try:
+            stored = (
+                json.loads(record.read_text(encoding="utf-8")).get("fingerprint")
+                if record.is_file()
+                else None
+            )
+        except (json.JSONDecodeError, AttributeError):
+            stored = None
+        if stored == self.run.fingerprint or not any(self.folder.glob("chunk_*.jsonl")):
+            return
+        stale = self.folder.with_name(self.folder.name + ".stale")
+        if stale.exists():
+            shutil.rmtree(stale)
+        self.folder.rename(stale)
+        warnings.warn(
+            f"{self.folder} held chunks made under other settings; moved them to {stale} and starting the "
+            f"phase {self.phase} over",
+            stacklevel=3,
+        )
 
 
 def _canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, default=str)
+
+
+def _lookup(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _raised(key: str, stored: dict, settings: dict, extendable: Sequence[str]) -> bool:
+    """Whether the difference at ``key`` is an extendable number raised (never lowered)."""
+    if key not in extendable:
+        return False
+    before, after = _lookup(stored, key), _lookup(settings, key)
+    return isinstance(before, int) and isinstance(after, int) and after >= before
+
+
+def _fingerprint(settings: Any, extendable: Sequence[str]) -> str:
+    """A hash of ``settings`` without the ``extendable`` keys."""
+    data = json.loads(_canonical(settings))
+    for key in extendable:
+        *parents, last = key.split(".")
+        holder = data
+        for part in parents:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            holder.pop(last, None)
+    return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
 
 
 def _differences(a: Any, b: Any, where: str = "") -> Iterable[str]:

@@ -11,6 +11,13 @@ One entry point, :func:`load_backbone` (or :class:`BackboneSpec` for configs), a
 * a local folder holding a transformers checkpoint;
 * a Hugging Face hub id.
 
+A name that looks like a path (``./x``, ``/x``, ``~/x``, ``x.safetensors``) and does not exist is reported as
+"no such file or folder", never tried on the hub. Before a hub id is tried, one quick check
+(:func:`sapo.data.hub.hub_problem`) decides whether the hub can be used: with ``HF_HUB_OFFLINE=1`` it is not tried,
+and a hub that does not answer within a few seconds is not waited for (transformers would retry for about a
+minute); either way a copy in the local Hugging Face cache is still loaded, and without one the error names the
+id, says why the hub cannot be used and asks for a local path as ``name_or_path``.
+
 and applies the options every caller needs: dtype, device, LoRA adapters (peft), 4-bit QLoRA
 (bitsandbytes) and gradient checkpointing. When nothing works, one :class:`ModelLoadError` says what was
 tried and why each way failed.
@@ -36,6 +43,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sapo.data.hub import hub_problem, hub_unavailable_message, offline_mode
 from sapo.models._gguf import (
     PACKAGED_SMOLLM2,
     SMOLLM2_GGUF_NAME,
@@ -210,8 +218,16 @@ def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None) -> PreTra
         elif path.suffix.lower() == ".gguf":
             _require_gguf_package()
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        else:
+        elif path.exists():
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        else:
+            if _hub_access(name_or_path, path, what="tokenizer"):
+                with offline_mode():
+                    tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except _Unloadable as error:
+        raise ModelLoadError(f"could not load the tokenizer of {name_or_path!r}: {error}") from None
     except Exception as error:  # noqa: BLE001 - one clear error naming the input
         raise ModelLoadError(
             f"could not load the tokenizer of {name_or_path!r}: {_one_line(error)}"
@@ -357,25 +373,90 @@ def _resolve_gguf_file(spec: BackboneSpec) -> _Plan | str:
 
 
 def _resolve_local_folder(spec: BackboneSpec) -> _Plan | str:
-    path = Path(spec.name_or_path).expanduser()
-    if not path.is_dir():
-        return f"no local folder at {path.resolve()}"
-    return _Plan("local", str(path), lambda: _load_checkpoint(str(path), spec))
+    """A folder is a checkpoint; a file that is not one, or a path-like name that does not exist, ends the
+    search (it is not a hub id)."""
+    name = spec.name_or_path
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _Plan("local", str(path), lambda: _load_checkpoint(str(path), spec))
+    if path.exists():
+        raise _Unloadable(
+            f"{path} is a file, not a checkpoint folder; pass the folder that holds config.json and the "
+            "weights, or a .gguf file"
+        )
+    if _looks_like_path(name):
+        raise _Unloadable(f"{name}: no such file or folder ({path.resolve()})")
+    return f"no local folder at {path.resolve()}"
 
 
 def _resolve_hub_id(spec: BackboneSpec) -> _Plan | str:
+    """A hub id, after one quick check that the hub can be used; without it, a copy in the local Hugging Face
+    cache, or one error naming the id and asking for a local path."""
     name = spec.name_or_path
     if _looks_like_path(name):
         return "not tried on the hub (looks like a filesystem path)"
-    return _Plan("hub", name, lambda: _load_checkpoint(name, spec))
+    local_only = _hub_access(name, Path(name).expanduser(), what="model")
+    return _Plan("hub", name, lambda: _load_checkpoint(name, spec, local_files_only=local_only))
+
+
+def _hub_access(name: str, path: Path, what: str) -> bool:
+    """How to read the hub id ``name``: from the hub (False) or, when the hub cannot be used but the local
+    Hugging Face cache holds a copy, from the cache only (True). Raises :class:`_Unloadable` with the one
+    message (the name taken for a hub id, why the hub cannot be used, a local path to pass instead) when
+    neither works, and when ``name`` is not a valid hub id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise _Unloadable(
+            f"hub: {name!r} is neither a local file or folder (no such path: {path.resolve()}) nor a valid "
+            "hub id ('owner/name'); pass a local path as name_or_path (a checkpoint folder or a .gguf file)"
+        ) from None
+    problem = hub_problem()
+    if problem is None:
+        return False
+    if _in_hub_cache(name):
+        logger.info("%s: %s; reading %s from the local Hugging Face cache", name, problem, what)
+        return True
+    raise _Unloadable(
+        "hub: "
+        + hub_unavailable_message(
+            name,
+            problem,
+            kind="model",
+            local="a checkpoint folder or a .gguf file",
+            argument="name_or_path",
+            note=f", and the {what} is not in the local Hugging Face cache",
+        )
+    )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds ``repo_id``'s ``config.json`` (a model downloaded before)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an unreadable cache holds nothing usable
+        return False
 
 
 def _failure_message(name: str, reasons: list[str]) -> str:
     return f"could not load model {name!r}: " + "; ".join(reasons)
 
 
+#: endings that make a name a file name, never a hub id
+_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".jsonl")
+
+
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+        or name.lower().endswith(_FILE_SUFFIXES)
+    )
 
 
 def _one_line(error: BaseException) -> str:
@@ -386,11 +467,24 @@ def _one_line(error: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _load_checkpoint(name_or_folder: str, spec: BackboneSpec):
-    """Load a transformers checkpoint (folder or hub id) and apply the spec's options."""
+def _load_checkpoint(name_or_folder: str, spec: BackboneSpec, local_files_only: bool = False):
+    """Load a transformers checkpoint (folder or hub id) and apply the spec's options.
+
+    ``local_files_only``: a hub id read from the local Hugging Face cache only, in offline mode
+    (:func:`sapo.data.hub.offline_mode`), so that no lookup reaches for the hub that cannot be used."""
+    if local_files_only:
+        with offline_mode():
+            return _load_checkpoint_files(name_or_folder, spec, local_files_only=True)
+    return _load_checkpoint_files(name_or_folder, spec)
+
+
+def _load_checkpoint_files(name_or_folder: str, spec: BackboneSpec, local_files_only: bool = False):
     dtype = resolve_dtype(spec.dtype, spec.device, base_is_frozen=spec.lora is not None or spec.load_in_4bit)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_folder)
-    kwargs = {_dtype_keyword(): dtype}
+    local = {"local_files_only": True} if local_files_only else {}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_folder, **local)
+    kwargs = {_dtype_keyword(): dtype, **local}
+    if local_files_only:  # AutoModel's adapter-config lookup does not receive local_files_only otherwise
+        kwargs["adapter_kwargs"] = dict(local)
     if spec.load_in_4bit:
         kwargs.update(quantization_config=_four_bit_config(dtype), device_map={"": spec.device})
     model = AutoModelForCausalLM.from_pretrained(name_or_folder, **kwargs)

@@ -325,7 +325,7 @@ class ArithmeticTask(MathTask):
 
     Args:
         split: ``train``, ``validation`` or ``test`` (disjoint streams of questions, see the module).
-        num_questions: how many questions :meth:`load` gives.
+        num_questions: how many questions :meth:`load` gives (at least 1).
         seed: the generator's seed (the same seed and split always give the same questions).
         min_steps, max_steps: the number of equations of a gold solution.
         max_value: the largest value any step may reach.
@@ -359,7 +359,11 @@ class ArithmeticTask(MathTask):
         super().__init__(num_fewshot=num_fewshot, separator=separator, use_chat_template=use_chat_template)
         if split not in self.SPLIT_OFFSETS:
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(self.SPLIT_OFFSETS)}")
-        if num_questions < 0 or start < 0 or start + num_questions > self.SPLIT_SIZE:
+        if num_questions < 1:
+            raise ValueError(
+                f"num_questions must be >= 1, got {num_questions}: the task would have no question"
+            )
+        if start < 0 or start + num_questions > self.SPLIT_SIZE:
             raise ValueError(
                 f"start ({start}) + num_questions ({num_questions}) must lie in [0, {self.SPLIT_SIZE}]"
             )

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from sapo.data.steps import DEFAULT_SEPARATOR
 from sapo.data.tasks.base import Question
-from sapo.data.tasks.loading import InvalidRows, Row, load_rows, require_field
+from sapo.data.tasks.loading import InvalidRows, Row, check_loaded, load_rows, require_field
 from sapo.data.tasks.math import (
     Equation,
     GoldComputation,
@@ -176,8 +176,10 @@ class GSM8KTask(MathTask):
         fewshot_source: where few-shot examples come from (default: ``source``), read from ``fewshot_split``;
             the first rows that are not the question itself are used.
         fewshot_split: the split of ``fewshot_source`` (ignored when it is a file).
-        skip_invalid: skip rows without a question or a numeric answer, counting them in :attr:`skipped`,
-            instead of raising an error naming the file, line and field.
+        skip_invalid: skip rows without a question or a numeric answer, counting them in :attr:`skipped`
+            (and in one warning), instead of raising an error naming the file, line and field. A source
+            that yields no question (empty, sliced to nothing, every row skipped) always raises
+            :class:`~sapo.data.tasks.loading.EmptyDataError` naming the file.
         oracle_constants: numbers every step may use without computing them (default
             :data:`WORLD_CONSTANTS`: 1 and the usual unit conversions).
         separator: the step separator.
@@ -240,8 +242,13 @@ class GSM8KTask(MathTask):
                 start=self.start,
                 stop=self.stop,
                 invalid=self.skipped,
+                allow_empty=False,
+                argument="source",
             )
-            self._questions = self.skipped.convert(rows, self.question_from_row)
+            questions = self.skipped.convert(rows, self.question_from_row)
+            self._questions = check_loaded(
+                questions, self.source, self.skipped, start=self.start, stop=self.stop
+            )
         return list(self._questions)
 
     def question_from_row(self, row: Row, split: str | None = None) -> Question:
@@ -263,7 +270,15 @@ class GSM8KTask(MathTask):
         """The first rows of ``fewshot_source`` (default ``source``) in ``fewshot_split`` (enough of them for
         ``num_fewshot`` examples even when one is the question asked)."""
         source = self.fewshot_source or self.source
-        rows = load_rows(source, self.fewshot_split, name=self.config_name, stop=self.num_fewshot + 1)
+        argument = "fewshot_source" if self.fewshot_source else "source"
+        rows = load_rows(
+            source,
+            self.fewshot_split,
+            name=self.config_name,
+            stop=self.num_fewshot + 1,
+            allow_empty=False,
+            argument=argument,
+        )
         return [self.question_from_row(row, split=self.fewshot_split) for row in rows]
 
     def gold_equations(self, question: Question) -> list[Equation]:

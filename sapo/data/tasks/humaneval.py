@@ -14,7 +14,7 @@ import os
 import re
 
 from sapo.data.tasks.base import Question
-from sapo.data.tasks.loading import InvalidRows, Row, load_rows, require_field
+from sapo.data.tasks.loading import InvalidRows, Row, check_loaded, load_rows, require_field
 from sapo.data.tasks.mbpp import CodeTask, code_lines
 
 __all__ = ["HumanEvalTask", "humaneval_program"]
@@ -35,8 +35,9 @@ class HumanEvalTask(CodeTask):
         source: a hub dataset id, a folder laid out like it, or a file.
         split: the hub split (HumanEval has only ``test``); ignored for a file.
         start, stop: a Python slice of the questions.
-        skip_invalid: skip malformed rows, counting them in :attr:`skipped`, instead of raising an error
-            naming the file, line and field.
+        skip_invalid: skip malformed rows, counting them in :attr:`skipped` (and in one warning), instead
+            of raising an error naming the file, line and field. A source that yields no question always
+            raises :class:`~sapo.data.tasks.loading.EmptyDataError` naming the file.
         timeout, memory_mb, workers, isolation, use_chat_template: see :class:`~sapo.data.tasks.mbpp.CodeTask`.
 
     Question ids are ``humaneval/{n}``; ``question`` is the prompt (signature and docstring), ``solution``
@@ -81,8 +82,19 @@ class HumanEvalTask(CodeTask):
         """The questions, sliced ``[start:stop]`` (read once, then cached)."""
         if self._questions is None:
             self.skipped.clear()
-            rows = load_rows(self.source, self.split, start=self.start, stop=self.stop, invalid=self.skipped)
-            self._questions = self.skipped.convert(rows, self.question_from_row)
+            rows = load_rows(
+                self.source,
+                self.split,
+                start=self.start,
+                stop=self.stop,
+                invalid=self.skipped,
+                allow_empty=False,
+                argument="source",
+            )
+            questions = self.skipped.convert(rows, self.question_from_row)
+            self._questions = check_loaded(
+                questions, self.source, self.skipped, start=self.start, stop=self.stop
+            )
         return list(self._questions)
 
     def question_from_row(self, row: Row) -> Question:

@@ -13,7 +13,18 @@ Sources, in the order they are recognised:
   ``{name}/{split}-*.parquet``, ``data/{split}-*``: any supported file whose name starts with the split
   followed by ``-``, ``_`` or ``.``; shards are read in name order); a folder whose files cannot be matched
   is handed to ``datasets.load_dataset(folder, name, split=split)``.
-- anything else is a hub dataset id, read with ``datasets.load_dataset(id, name, split=split)``.
+- a name that looks like a path (``./x``, ``/x``, ``~/x``, ``x.jsonl``) and does not exist raises
+  :class:`FileNotFoundError` ("no such file or folder");
+- anything else is a hub dataset id, read with ``datasets.load_dataset(id, name, split=split)`` after one
+  quick check that the hub can be used (:func:`sapo.data.hub.hub_problem`): with ``HF_HUB_OFFLINE=1`` the hub is
+  not tried (a copy in the Hugging Face cache is still read), and a hub that does not answer within a few
+  seconds raises :class:`~sapo.data.hub.HubUnavailableError` at once, naming the id and asking for a local path,
+  instead of the libraries' minute of retries.
+
+Nothing passes silently: with ``allow_empty=False`` (as tasks call it) a source that yields no row raises
+:class:`EmptyDataError` naming the file and saying why (the file is empty, the slice leaves nothing, every
+row was invalid); tasks check their questions the same way and log one warning with the count when rows
+were skipped (:func:`check_loaded`).
 
 Locations: lines of JSON Lines files are counted from 1 (as editors show them); items of a JSON array and
 rows of a Parquet file or a ``datasets`` split are counted from 0 (as Python indexes them).
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -30,10 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sapo.data.hub import HubUnavailableError, hub_problem, hub_unavailable_message
+
 __all__ = [
+    "EmptyDataError",
+    "HubUnavailableError",
     "InvalidRowError",
     "InvalidRows",
     "Row",
+    "check_loaded",
     "load_rows",
     "load_hub_rows",
     "find_split_files",
@@ -41,10 +58,23 @@ __all__ = [
     "DATA_SUFFIXES",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: the file kinds :func:`load_rows` reads
 DATA_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet")
+#: endings that make a name a file name, never a hub id (the readable ones and other common data files)
+_FILE_SUFFIXES = (*DATA_SUFFIXES, ".csv", ".tsv", ".txt", ".gz", ".zip", ".arrow")
+#: how many skip reasons warnings and errors quote
+SHOWN_REASONS = 3
+#: what to pass instead of a hub id
+_LOCAL_DATA = "a data file such as train.jsonl, .json or .parquet, or a folder holding one"
 
 T = TypeVar("T")
+
+
+class EmptyDataError(ValueError):
+    """A data source yields no row or no question; the message names the source and says why (the file is
+    empty, the slice ``start``/``stop`` leaves nothing, every row was invalid and skipped)."""
 
 
 class InvalidRowError(ValueError):
@@ -120,7 +150,8 @@ class InvalidRows:
     """What a task does with bad rows: raise (``skip=False``) or skip them and keep the reason.
 
     Tasks expose one as ``task.skipped``: ``len(task.skipped)`` rows were left out, ``task.skipped.reasons``
-    says why (each reason names the place and the field).
+    says why (each reason names the place and the field). :func:`check_loaded` logs one warning with the count
+    and the first reasons when rows were skipped.
     """
 
     skip: bool = False
@@ -149,6 +180,24 @@ class InvalidRows:
     def clear(self) -> None:
         self.reasons.clear()
 
+    def first_reasons(self, source: str | None = None, limit: int = SHOWN_REASONS) -> str:
+        """The first ``limit`` reasons in file order, ``"; "``-joined, each without the leading
+        ``"{source}, "`` (so ``"line 4: is not valid JSON ..."``), and ``"; ..."`` when there are more."""
+        prefix = f"{source}, " if source else None
+        ordered = sorted(self.reasons, key=_position)
+        shown = [r[len(prefix) :] if prefix and r.startswith(prefix) else r for r in ordered[:limit]]
+        more = "; ..." if len(self.reasons) > limit else ""
+        return "; ".join(shown) + more
+
+
+_POSITION_RE = re.compile(r"^(?P<where>.*?), (?:line|row) (?P<n>\d+)\b")
+
+
+def _position(reason: str) -> tuple[str, int]:
+    """A reason's place (file, line or row) for sorting; reasons without one keep their order at the end."""
+    match = _POSITION_RE.match(reason)
+    return (match["where"], int(match["n"])) if match else ("\uffff", 0)
+
 
 def load_rows(
     source: str | os.PathLike[str],
@@ -158,6 +207,8 @@ def load_rows(
     start: int | None = None,
     stop: int | None = None,
     invalid: InvalidRows | None = None,
+    allow_empty: bool = True,
+    argument: str | None = None,
 ) -> list[Row]:
     """The rows ``[start:stop]`` of a split of ``source`` (a file, a folder or a hub dataset id; see the
     module's docstring for how each is read).
@@ -165,30 +216,47 @@ def load_rows(
     ``start`` and ``stop`` slice the records as Python slices do (blank lines are not records; invalid
     records are). A record inside the slice that is not JSON, or not an object, raises
     :class:`InvalidRowError` naming the file and the line, unless ``invalid`` skips it (then it is recorded
-    there). A missing file raises :class:`FileNotFoundError`.
+    there). A missing file raises :class:`FileNotFoundError`; a hub id while the hub cannot be used raises
+    :class:`~sapo.data.hub.HubUnavailableError` (its message names ``argument``, the caller's name for
+    ``source``, when given). With ``allow_empty=False``, getting no row raises :class:`EmptyDataError`
+    naming the file and why.
     """
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_file():
+        label = str(path)
         records = list(_read_file(path))
     elif path.is_dir():
         files = find_split_files(path, split, name)
         if not files:
             return _read_datasets(
-                str(path), split, name, label=f"dataset folder {path}", start=start, stop=stop
+                str(path),
+                split,
+                name,
+                label=f"dataset folder {path}",
+                start=start,
+                stop=stop,
+                allow_empty=allow_empty,
             )
+        label = str(files[0]) if len(files) == 1 else f"{path} (split {split}: {len(files)} files)"
         records = [record for f in files for record in _read_file(f)]
     elif _looks_like_path(text):
         raise FileNotFoundError(f"{text}: no such file or folder")
     else:
-        return load_hub_rows(text, split, name=name, start=start, stop=stop)
+        return load_hub_rows(
+            text, split, name=name, start=start, stop=stop, allow_empty=allow_empty, argument=argument
+        )
     rows = []
-    for index in range(len(records))[slice(start, stop)]:
+    skipped_before = len(invalid) if invalid is not None else 0
+    selected = range(len(records))[slice(start, stop)]
+    for index in selected:
         record = records[index]
         if isinstance(record, InvalidRowError):
             _reject(record, invalid)
         else:
             rows.append(Row(record.data, record.where, index))
+    if not rows and not allow_empty:
+        raise _no_rows_error(label, len(records), start, stop, invalid, skipped_before, source_prefix=label)
     return rows
 
 
@@ -199,12 +267,39 @@ def load_hub_rows(
     name: str | None = None,
     start: int | None = None,
     stop: int | None = None,
+    allow_empty: bool = True,
+    argument: str | None = None,
 ) -> list[Row]:
     """Rows of ``datasets.load_dataset(dataset, name, split=split)`` (a hub id, or a local folder with a hub
-    dataset's layout and ``README.md`` configs), sliced ``[start:stop]``."""
+    dataset's layout and ``README.md`` configs), sliced ``[start:stop]``.
+
+    For a hub id the hub is checked first (:func:`sapo.data.hub.hub_problem`): when it cannot be used,
+    :class:`~sapo.data.hub.HubUnavailableError` names the id, says why and asks for a local path (as
+    ``argument``, when given), without retries; in offline mode a copy in the Hugging Face cache is read.
+    """
     if split is None:
         raise ValueError(f"hub dataset {dataset}: a split is needed (such as 'train' or 'test')")
-    return _read_datasets(dataset, split, name, label=f"hub dataset {dataset}", start=start, stop=stop)
+    label = f"hub dataset {dataset}"
+    if Path(dataset).expanduser().is_dir():
+        return _read_datasets(dataset, split, name, label, start=start, stop=stop, allow_empty=allow_empty)
+    problem = hub_problem()
+    if problem is None:
+        return _read_datasets(dataset, split, name, label, start=start, stop=stop, allow_empty=allow_empty)
+    import datasets
+
+    if datasets.config.HF_HUB_OFFLINE:  # datasets reads its cache and makes no connection
+        try:
+            return _read_datasets(
+                dataset, split, name, label, start=start, stop=stop, allow_empty=allow_empty
+            )
+        except (ConnectionError, FileNotFoundError):
+            note, hint = ", and the dataset is not in the local Hugging Face cache", ""
+    else:
+        note, hint = "", ", or set HF_HUB_OFFLINE=1 to read a copy already in the local Hugging Face cache"
+    message = hub_unavailable_message(
+        dataset, problem, kind="dataset", local=_LOCAL_DATA, argument=argument, note=note, hint=hint
+    )
+    raise HubUnavailableError(message) from None
 
 
 def find_split_files(
@@ -320,6 +415,7 @@ def _read_datasets(
     label: str,
     start: int | None = None,
     stop: int | None = None,
+    allow_empty: bool = True,
 ) -> list[Row]:
     """Rows of ``datasets.load_dataset(source, name, split=split)``; ``label`` names the source in places."""
     import datasets
@@ -329,6 +425,8 @@ def _read_datasets(
     dataset = datasets.load_dataset(source, name, split=split)
     indices = range(len(dataset))[slice(start, stop)]
     config = f" ({name})" if name else ""
+    if not indices and not allow_empty:
+        raise _no_rows_error(f"{label}{config} split {split}", len(dataset), start, stop, None, 0)
     records = dataset.select(indices)
     return [
         Row(dict(record), f"{label}{config} split {split}, row {i}", i)
@@ -351,6 +449,84 @@ def _reject(error: InvalidRowError, invalid: InvalidRows | None) -> None:
     if invalid is None:
         raise error
     invalid.handle(error)
+
+
+# --- nothing passes silently --------------------------------------------------------------------------------
+
+
+def check_loaded(
+    items: list[T],
+    source: str,
+    skipped: InvalidRows,
+    *,
+    what: str = "question",
+    start: int | None = None,
+    stop: int | None = None,
+) -> list[T]:
+    """``items`` as they are, once checked: none at all raises :class:`EmptyDataError` naming ``source``
+    (every row that was read was invalid and skipped); when rows were skipped, one warning gives their
+    count, ``source`` and the first reasons with their lines.
+
+    Tasks call it at the end of ``load`` (their rows came from :func:`load_rows` with
+    ``allow_empty=False``, so an empty file or slice has raised already); ``task.skipped`` keeps the count.
+    """
+    label = str(Path(source).expanduser()) if source else source
+    if not items:
+        selection = _selection(start, stop)
+        within = f" selected by {selection}" if selection else ""
+        raise EmptyDataError(
+            f"{label}: no {what} to use: {_all_invalid(len(skipped), within)} (skip_invalid=True); "
+            f"the first: {skipped.first_reasons(label)}"
+        )
+    if skipped.reasons:
+        logger.warning(
+            "%s: skipped %s (skip_invalid=True), kept %s; the first: %s",
+            label,
+            _count(len(skipped), "invalid row"),
+            _count(len(items), what),
+            skipped.first_reasons(label),
+        )
+    return items
+
+
+def _no_rows_error(
+    label: str,
+    total: int,
+    start: int | None,
+    stop: int | None,
+    invalid: InvalidRows | None,
+    skipped_before: int,
+    source_prefix: str | None = None,
+) -> EmptyDataError:
+    """Why a source gave no row: it holds none, the slice leaves none, or every row in the slice was invalid."""
+    selection = _selection(start, stop)
+    if total == 0:
+        return EmptyDataError(f"{label}: holds no rows (it is empty, or has only blank lines)")
+    if invalid is not None and len(invalid) > skipped_before:
+        within = f" selected by {selection}" if selection else ""
+        skipped = InvalidRows(reasons=invalid.reasons[skipped_before:])
+        return EmptyDataError(
+            f"{label}: no row to use: {_all_invalid(len(skipped), within)} (skip_invalid=True); "
+            f"the first: {skipped.first_reasons(source_prefix)}"
+        )
+    return EmptyDataError(f"{label}: {selection} selects no row of its {_count(total, 'row')}")
+
+
+def _selection(start: int | None, stop: int | None) -> str:
+    """``"start=3, stop=5"`` (the parts given), or ``""``."""
+    return ", ".join(
+        f"{key}={value}" for key, value in (("start", start), ("stop", stop)) if value is not None
+    )
+
+
+def _all_invalid(n: int, within: str) -> str:
+    if n == 1:
+        return f"the only row{within} is invalid and was skipped"
+    return f"all {n} rows{within} are invalid and were skipped"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # --- small helpers ----------------------------------------------------------------------------------------
@@ -380,7 +556,7 @@ def _looks_like_path(text: str) -> bool:
     return (
         text.startswith((".", "/", "~"))
         or "\\" in text
-        or text.endswith(DATA_SUFFIXES)
+        or text.lower().endswith(_FILE_SUFFIXES)
         or text.count("/") > 1
         or os.sep != "/"
         and os.sep in text

@@ -18,9 +18,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from sapo.data.tasks.base import Question, Task
-from sapo.data.tasks.loading import InvalidRowError, InvalidRows, Row, load_rows, require_field
+from sapo.data.tasks.loading import (
+    EmptyDataError,
+    InvalidRowError,
+    InvalidRows,
+    Row,
+    check_loaded,
+    load_rows,
+    require_field,
+)
 from sapo.data.trajectory import Trajectory
 from sapo.sandbox import Sandbox, SandboxResult
 
@@ -192,9 +201,11 @@ class MBPPTask(CodeTask):
         config_name: the hub configuration (``full``; ``sanitized`` has other fields and is not supported).
         start, stop: a Python slice of the split's questions (in task-id order).
         use_challenge_tests: also run the row's ``challenge_test_list`` (extra asserts, for 11 rows).
-        skip_invalid: skip rows without tests (or otherwise malformed), counting them in :attr:`skipped`,
-            instead of raising an :class:`~sapo.data.tasks.loading.InvalidRowError` naming the file, line and
-            field.
+        skip_invalid: skip rows without tests (or otherwise malformed), counting them in :attr:`skipped`
+            (and in one warning), instead of raising an :class:`~sapo.data.tasks.loading.InvalidRowError`
+            naming the file, line and field. A source that yields no question of the split (empty, no row in
+            the split's range, sliced to nothing, every row skipped) always raises
+            :class:`~sapo.data.tasks.loading.EmptyDataError` naming the file.
         timeout, memory_mb, workers, isolation, use_chat_template: see :class:`CodeTask`.
 
     Question ids are ``mbpp/{task_id}``; ``tests`` are the row's asserts, ``solution`` its reference code,
@@ -243,10 +254,48 @@ class MBPPTask(CodeTask):
         """The split's questions in task-id order, sliced ``[start:stop]`` (read once, then cached)."""
         if self._questions is None:
             self.skipped.clear()
-            rows = load_rows(self.source, self.split, name=self.config_name, invalid=self.skipped)
+            rows = load_rows(
+                self.source,
+                self.split,
+                name=self.config_name,
+                invalid=self.skipped,
+                allow_empty=False,
+                argument="source",
+            )
             in_split = sorted(self._rows_in_split(rows), key=lambda row: row.data["task_id"])
-            self._questions = self.skipped.convert(in_split[self.start : self.stop], self.question_from_row)
+            selected = in_split[self.start : self.stop]
+            if not selected:
+                raise self._nothing_selected(len(rows), len(in_split))
+            questions = self.skipped.convert(selected, self.question_from_row)
+            self._questions = check_loaded(
+                questions, self.source, self.skipped, start=self.start, stop=self.stop
+            )
         return list(self._questions)
+
+    def _nothing_selected(self, read: int, in_split: int) -> EmptyDataError:
+        """Why no row is left: none lies in the split's task-id range, or the slice leaves none."""
+        label = str(Path(self.source).expanduser())
+        first, last = MBPP_SPLITS[self.split]
+        if in_split == 0:
+            skipped = ""
+            if self.skipped.reasons:
+                skipped = (
+                    f" ({len(self.skipped)} invalid rows were skipped; the first: "
+                    f"{self.skipped.first_reasons(label)})"
+                )
+            rows = f"{read} row" if read == 1 else f"{read} rows"
+            return EmptyDataError(
+                f"{label}: no row lies in MBPP split {self.split!r} (task ids {first}-{last}); "
+                f"it has {rows}{skipped}"
+            )
+        selection = ", ".join(
+            f"{key}={value}"
+            for key, value in (("start", self.start), ("stop", self.stop))
+            if value is not None
+        )
+        return EmptyDataError(
+            f"{label}: {selection} selects no question of the {in_split} in MBPP split {self.split!r}"
+        )
 
     def _rows_in_split(self, rows: list[Row]) -> list[Row]:
         """The rows whose task id lies in the split's range (a row without a usable id is invalid)."""

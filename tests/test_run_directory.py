@@ -1,0 +1,126 @@
+"""The run directory: settings a rerun may change (raising the iterations) and may not; chunks made under
+other settings never reused; a damaged chunk named; chunk costs kept across processes; the phase trainers'
+precision."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from sapo.data.trajectory import Cost, Trajectory, TrajectoryFormatError
+from sapo.evolution import RunDirectory, RunMismatchError, SelfEvolution
+from sapo.evolution.run_directory import ChunkedJsonl
+from sapo.models import TINY_RANDOM, BackboneSpec
+
+EXTENDABLE = ("model.init_args.iterations",)
+
+
+def settings(iterations: int = 2, margin: float = 0.3) -> dict:
+    return {"model": {"init_args": {"iterations": iterations, "pairs": {"margin": margin}}}, "data": {}}
+
+
+def test_a_finished_run_may_raise_its_iterations_but_not_lower_them_or_change_anything_else(tmp_path):
+    run = RunDirectory(tmp_path, settings(2), extendable=EXTENDABLE)
+    run.finish("sft", reasoner="x")
+    more = RunDirectory(tmp_path, settings(3), extendable=EXTENDABLE)
+    assert more.done("sft") and more.manifest["settings"] == settings(3)
+    assert more.fingerprint == run.fingerprint  # chunks made under T = 2 stay valid under T = 3
+    with pytest.raises(RunMismatchError, match="model.init_args.iterations"):
+        RunDirectory(tmp_path, settings(1), extendable=EXTENDABLE)
+    with pytest.raises(RunMismatchError, match=r"differ at: model.init_args.pairs.margin\)"):
+        RunDirectory(tmp_path, settings(3, margin=0.5), extendable=EXTENDABLE)
+
+
+def test_a_damaged_manifest_is_named(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"phases": ')
+    with pytest.raises(RunMismatchError, match="manifest.json is not valid JSON"):
+        RunDirectory(tmp_path, settings())
+
+
+def _trajectory(name: str) -> Trajectory:
+    return Trajectory(name, "question", ["1 + 1 = 2"])
+
+
+def test_chunks_made_under_other_settings_are_moved_aside_not_reused(tmp_path):
+    run = RunDirectory(tmp_path, settings(margin=0.3))
+    store = ChunkedJsonl(run, "samples_0", "samples_0")
+    store.write(0, [_trajectory("old")], cost=Cost(completions=4))
+    assert ChunkedJsonl(run, "samples_0", "samples_0").has(0)  # same settings: kept
+    (tmp_path / "manifest.json").unlink()  # what the mismatch message once suggested
+    other = RunDirectory(tmp_path, settings(margin=0.5))
+    with pytest.warns(UserWarning, match="made under other settings"):
+        fresh = ChunkedJsonl(other, "samples_0", "samples_0")
+    assert not fresh.has(0)
+    stale = tmp_path / "samples_0.parts.stale"
+    assert json.loads((stale / "chunk_00000.jsonl").read_text())["question_id"] == "old"  # nothing lost
+
+
+def test_a_damaged_chunk_is_named_with_how_to_make_it_again(tmp_path):
+    run = RunDirectory(tmp_path, settings())
+    store = ChunkedJsonl(run, "labels_1", "labels_1")
+    store.write(0, [{"role": "cost", "completions": 2}], cost=Cost(completions=2))
+    store.path(0).write_text('{"role": "cost", "compl')
+    with pytest.raises(
+        TrajectoryFormatError, match=r"chunk_00000.jsonl, line 1: not valid JSON.*delete .*chunk_00000"
+    ):
+        store.read_records(0)
+    assert store.cost(0) == Cost(completions=2)
+
+
+def test_a_chunk_keeps_its_cost_for_later_processes(tmp_path):
+    run = RunDirectory(tmp_path, settings())
+    ChunkedJsonl(run, "samples_1", "samples_1").write(
+        0, [_trajectory("a")], cost=Cost(completions=8, seconds=1.5)
+    )
+    again = ChunkedJsonl(RunDirectory(tmp_path, settings()), "samples_1", "samples_1")
+    assert again.cost(0) == Cost(completions=8, seconds=1.5)
+    assert again.cost(1) == Cost()  # a chunk not made yet costs nothing
+
+
+class _RecordsAutocast(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.autocast: list[bool] = []
+        self.dtypes: list[torch.dtype] = []
+
+    def training_step(self, batch, batch_idx):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        out = self.layer(batch[0])
+        self.dtypes.append(out.dtype)
+        return out.float().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 4)), batch_size=2)
+
+
+def test_a_phase_trainer_trains_in_the_recipes_precision_on_cpu(tmp_path, sapo_cache_dir):
+    loop = SelfEvolution(BackboneSpec(TINY_RANDOM, cache_dir=sapo_cache_dir), run_dir=str(tmp_path))
+    loop.run_dir = tmp_path
+    loop.template = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False)
+    module = _RecordsAutocast()
+    loop._phase_trainer("sft", epochs=1, gradient_clip=None).fit(module)
+    assert module.autocast == [True, True] and module.dtypes == [torch.bfloat16] * 2
+
+
+def test_training_progress_comes_as_plain_lines_for_a_log_file(capsys):
+    from sapo.callbacks import ProgressLines
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=[ProgressLines("verifier_1", every_seconds=0.0)],
+    )
+    trainer.fit(_RecordsAutocast())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[sapo] verifier_1")]
+    assert lines[0].startswith("[sapo] verifier_1: step 1/2 (50%)") and "steps/s" in lines[0]
+    assert lines[-1].startswith("[sapo] verifier_1: step 2/2 (100%)")
