@@ -93,7 +93,6 @@ class SapoCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True, exit_on_error: bool = True) -> None:
         """``exit_on_error=False``: a parse error raises :class:`argparse.ArgumentError` instead of printing
         the usage and exiting (:func:`main` prints it as one line)."""
-        _field_docstrings_as_help()
         common = {"exit_on_error": exit_on_error}
         super().__init__(
             model_class=L.LightningModule,
@@ -329,6 +328,9 @@ def main(args: list[str] | None = None) -> int:
     debug = os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no", "off")
     if not debug:
         _quiet()
+    # a process-wide jsonargparse setting, so only in the command's own process: a class whose source
+    # cannot be read (defined in a notebook cell, say) would lose its parameters under it
+    _field_docstrings_as_help()
     argv = list(sys.argv[1:] if args is None else args)
     try:
         for value in _config_values(argv):
