@@ -79,6 +79,12 @@ def processbench_f1(predictions: Sequence[int], labels: Sequence[int]) -> dict:
         else:
             error_rows += 1
             error_hits += prediction == label
+    return processbench_scores(error_hits, error_rows, correct_hits, correct_rows)
+
+
+def processbench_scores(error_hits: int, error_rows: int, correct_hits: int, correct_rows: int) -> dict:
+    """The two accuracies from their counts (an accuracy over no rows is 0), their harmonic mean ``f1``, and
+    the row counts."""
     error_accuracy = error_hits / error_rows if error_rows else 0.0
     correct_accuracy = correct_hits / correct_rows if correct_rows else 0.0
     return {
@@ -195,16 +201,9 @@ class ProcessBenchF1(_FirstErrorMetric):
         self.correct_rows += (~has_error).sum()
 
     def compute_all(self) -> dict:
-        error_rows, correct_rows = int(self.error_rows), int(self.correct_rows)
-        error_accuracy = int(self.error_hits) / error_rows if error_rows else 0.0
-        correct_accuracy = int(self.correct_hits) / correct_rows if correct_rows else 0.0
-        return {
-            "error_accuracy": error_accuracy,
-            "correct_accuracy": correct_accuracy,
-            "f1": harmonic_mean(error_accuracy, correct_accuracy),
-            "num_error": error_rows,
-            "num_correct": correct_rows,
-        }
+        return processbench_scores(
+            int(self.error_hits), int(self.error_rows), int(self.correct_hits), int(self.correct_rows)
+        )
 
     def compute(self) -> torch.Tensor:
         return torch.tensor(self.compute_all()["f1"], dtype=torch.float32)

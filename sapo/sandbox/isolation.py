@@ -1,16 +1,7 @@
 """The isolation layers, as the parent sets them up: the interpreter, the limits, bubblewrap's command line.
 
-The layers, strongest first (:data:`ISOLATION_LAYERS`; ``docs/sandbox.md`` says which protections hold
-under which):
-
-- ``"bwrap"``: bubblewrap. New user (or, as root, dropped privileges), PID, network, IPC and UTS
-  namespaces; a root file system holding only ``/usr``, the interpreter and a private size-limited tmpfs;
-  no network at all (an empty network namespace).
-- ``"landlock"``: the harness itself enters a new user and network namespace (``unshare(2)``) and restricts
-  itself with Landlock: reading only the system and interpreter directories, writing only its own
-  directory, no TCP, no signals to processes outside the sandbox.
-- ``"none"``: resource limits, an empty environment, its own directory and (as root) an unprivileged
-  user only. It does not protect files or the network.
+The layers, strongest first, are ``bwrap``, ``landlock`` and ``none`` (:data:`ISOLATION_LAYERS`; the package
+docstring says what each does, ``docs/sandbox.md`` which protections hold under which).
 
 This module holds the parent's side of them: which interpreter runs the programs and which directories it
 needs, the resource limits (:class:`_Limits`, applied by the harness), the bubblewrap command line, the

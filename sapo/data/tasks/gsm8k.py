@@ -38,7 +38,7 @@ from pathlib import Path
 
 from sapo.data.steps import DEFAULT_SEPARATOR
 from sapo.data.tasks.base import Question
-from sapo.data.tasks.loading import InvalidRows, Row, check_loaded, load_rows, require_field
+from sapo.data.tasks.loading import InvalidRows, Row, load_questions, load_rows, require_field
 from sapo.data.tasks.math import (
     Equation,
     GoldComputation,
@@ -234,20 +234,14 @@ class GSM8KTask(MathTask):
     def load(self) -> list[Question]:
         """The questions of the configured source, split and slice (read once, then cached)."""
         if self._questions is None:
-            self.skipped.clear()
-            rows = load_rows(
+            self._questions = load_questions(
                 self.source,
                 self.split_name,
+                self.question_from_row,
+                self.skipped,
                 name=self.config_name,
                 start=self.start,
                 stop=self.stop,
-                invalid=self.skipped,
-                allow_empty=False,
-                argument="source",
-            )
-            questions = self.skipped.convert(rows, self.question_from_row)
-            self._questions = check_loaded(
-                questions, self.source, self.skipped, start=self.start, stop=self.stop
             )
         return list(self._questions)
 

@@ -14,7 +14,7 @@ import os
 import re
 
 from sapo.data.tasks.base import Question
-from sapo.data.tasks.loading import InvalidRows, Row, check_loaded, load_rows, require_field
+from sapo.data.tasks.loading import InvalidRows, Row, load_questions, require_field
 from sapo.data.tasks.mbpp import CodeTask, code_lines
 
 __all__ = ["HumanEvalTask", "humaneval_program"]
@@ -81,19 +81,13 @@ class HumanEvalTask(CodeTask):
     def load(self) -> list[Question]:
         """The questions, sliced ``[start:stop]`` (read once, then cached)."""
         if self._questions is None:
-            self.skipped.clear()
-            rows = load_rows(
+            self._questions = load_questions(
                 self.source,
                 self.split,
+                self.question_from_row,
+                self.skipped,
                 start=self.start,
                 stop=self.stop,
-                invalid=self.skipped,
-                allow_empty=False,
-                argument="source",
-            )
-            questions = self.skipped.convert(rows, self.question_from_row)
-            self._questions = check_loaded(
-                questions, self.source, self.skipped, start=self.start, stop=self.stop
             )
         return list(self._questions)
 

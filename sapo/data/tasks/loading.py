@@ -51,6 +51,7 @@ __all__ = [
     "InvalidRows",
     "Row",
     "check_loaded",
+    "load_questions",
     "load_rows",
     "load_hub_rows",
     "find_split_files",
@@ -452,6 +453,32 @@ def _reject(error: InvalidRowError, invalid: InvalidRows | None) -> None:
 
 
 # --- nothing passes silently --------------------------------------------------------------------------------
+
+
+def load_questions(
+    source: str,
+    split: str | None,
+    convert: Callable[[Row], T],
+    skipped: InvalidRows,
+    *,
+    name: str | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+) -> list[T]:
+    """A task's questions: the rows of ``source`` (:func:`load_rows`, an empty file or slice refused, bad
+    rows counted in ``skipped``), each made a question by ``convert``, then :func:`check_loaded`."""
+    skipped.clear()
+    rows = load_rows(
+        source,
+        split,
+        name=name,
+        start=start,
+        stop=stop,
+        invalid=skipped,
+        allow_empty=False,
+        argument="source",
+    )
+    return check_loaded(skipped.convert(rows, convert), source, skipped, start=start, stop=stop)
 
 
 def check_loaded(
