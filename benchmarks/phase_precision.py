@@ -19,7 +19,8 @@ import time
 import lightning as L
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
-from sapo.evolution import SAPSDataModule, SelfEvolution
+from sapo.evolution import SAPSDataModule
+from sapo.evolution.trainers import phase_trainer
 from sapo.models import BackboneSpec, LoraSettings
 from sapo.models.reasoner import ORPOReasoner
 from sapo.models.verifier import PRMVerifier
@@ -63,10 +64,9 @@ def main() -> None:
     args = parser.parse_args()
     spec = BackboneSpec("smollm2-135m-instruct", lora=LoraSettings(r=16, alpha=32, dropout=0.05))
     template = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False)
-    loop = SelfEvolution(spec)
     ways = {
         "before (accelerator object)": template.accelerator,
-        "now (device type, as SelfEvolution builds it)": loop_accelerator(loop, template),
+        "now (device type, as SelfEvolution builds it)": loop_accelerator(template),
     }
     task = ArithmeticTask(split="train", num_questions=400, min_steps=2, max_steps=4)
     best: dict[tuple[str, str], float] = {}
@@ -91,14 +91,12 @@ def main() -> None:
         print(f"| {phase} | {before:.2f} | {now:.2f} | {before / now:.2f}x |")
 
 
-def loop_accelerator(loop: SelfEvolution, template: L.Trainer):
+def loop_accelerator(template: L.Trainer):
     """The accelerator the loop's phase trainers get from ``template`` (read from one it builds)."""
     import tempfile
     from pathlib import Path
 
-    loop.template = template
-    loop.run_dir = Path(tempfile.mkdtemp())
-    phase = loop._phase_trainer("probe", epochs=1, gradient_clip=None)
+    phase = phase_trainer(template, Path(tempfile.mkdtemp()), "probe", epochs=1, gradient_clip=None)
     assert phase.precision_plugin.device == "cpu", phase.precision_plugin.device
     return template.strategy.root_device.type
 

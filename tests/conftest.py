@@ -24,6 +24,25 @@ SHARED_DATA = Path(
 )
 
 
+def pytest_configure(config):
+    """pytest-xdist's workers share the cores: each gets its share of torch threads, and so do the
+    subprocesses the tests start (``OMP_NUM_THREADS``); oversubscribed threads slow torch about 10x."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Keep each test file on one xdist worker (its module fixtures are built once), except tests marked
+    ``spread``, whose cases go to any free worker."""
+    for item in items:
+        if item.get_closest_marker("spread") is None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session")
 def sapo_cache_dir(tmp_path_factory) -> str:
     """The model cache shared by every test in the session."""

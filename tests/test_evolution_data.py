@@ -56,6 +56,29 @@ def test_each_iteration_draws_its_own_seeded_questions():
     assert [len(c) for c in data.chunks(first)] == [3, 2]
 
 
+def test_gold_solutions_split_the_questions_into_sft_gold_and_answer_only_ones(smollm2_tokenizer):
+    data = SAPSDataModule(ArithmeticTask(split="train", num_questions=30), gold_solutions=10)
+    gold_ids = {q.id for q in data.questions[:10]}
+    assert {q.id for q in data.gold_questions} == gold_ids
+    for t in range(3):  # the loop samples only questions it knows by their final answers
+        drawn = data.iteration_questions(t, 8, seed=0)
+        assert len(drawn) == 8 and not gold_ids & {q.id for q in drawn}
+    assert {q.id for q in data.iteration_questions(0, None, seed=0)} == {q.id for q in data.questions[10:]}
+    assert {t.question_id for t in data.gold_trajectories()} == gold_ids  # D_org
+    assert data.gold_trajectories(data.questions[8:12]) == data.gold_trajectories()[8:10]
+
+    class Module:  # what setup reads from the trainer: the model's tokenizer
+        tokenizer = smollm2_tokenizer
+
+    data.trainer = type("Trainer", (), {"lightning_module": Module()})()
+    data.setup("fit")
+    assert [pair.question_id for pair in data.train_pairs] == [q.id for q in data.gold_questions]
+    with pytest.raises(ValueError, match="gold_solutions is 30, but the task has only 30 questions"):
+        _ = SAPSDataModule(ArithmeticTask(split="train", num_questions=30), gold_solutions=30).questions
+    with pytest.raises(ValueError, match="data.init_args.gold_solutions must be at least 1"):
+        SAPSDataModule(ArithmeticTask(split="train", num_questions=2), gold_solutions=0)
+
+
 def test_a_bad_data_setting_names_its_flag():
     with pytest.raises(ValueError, match="data.init_args.chunk_size"):
         SAPSDataModule(ArithmeticTask(split="train", num_questions=2), chunk_size=0)

@@ -113,6 +113,17 @@ def test_f1_at_a_given_threshold_by_hand(test_file):
     assert json.loads(json.dumps(result.to_dict()))["sets"][str(test_file)]["f1"] == pytest.approx(0.6)
 
 
+def test_step_auroc_and_largest_drop_detection_by_hand(test_file):
+    """Right steps (label 1) score 0.9 x3, 0.8 x2, 0.7 x3, 0.6, 0.4; wrong ones 0.9, 0.45 x2, 0.3, 0.2 x2, 0.1:
+    59.5 of the 70 (right, wrong) pairs are ordered (a tie counts one half), AUROC 0.85. The largest drops
+    (from 1.0 before the first step) are r3 1, r4 0, r5 0, r6 0 against first errors 1, 0, 2, 2: 2 of 4; a
+    random step would find 1/3, 1/2, 1/3 and 1/4 of them."""
+    scores = evaluate_processbench(TableScorer(SCORES), test_file, threshold=0.5).sets[str(test_file)]
+    assert scores.step_auroc == pytest.approx(59.5 / 70)
+    assert scores.detection_accuracy == pytest.approx(0.5)
+    assert scores.random_step_accuracy == pytest.approx((1 / 3 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+
+
 def test_rows_in_memory_and_several_files(tmp_path, test_file):
     rows = [r for r, _ in TEST_ROWS]
     in_memory = evaluate_processbench(TableScorer(SCORES), rows, threshold=0.5)
@@ -236,6 +247,8 @@ def test_oracle_benchmark_with_a_perfect_and_a_blind_verifier(arithmetic):
     blind = evaluate_on_oracle(ConstantScorer(1.0), task, trajectories, questions=questions, threshold=0.5)
     blind_scores = blind.sets[task.name]  # never flags a step: right on correct rows only
     assert (blind_scores.correct_accuracy, blind_scores.error_accuracy, blind_scores.f1) == (1.0, 0.0, 0.0)
+    assert scores.step_auroc == 1.0 and blind_scores.step_auroc == 0.5  # a ranking, and none
+    assert scores.detection_accuracy == 1.0 and blind_scores.detection_accuracy < 1.0
 
 
 def test_oracle_benchmark_threshold_chosen_on_other_trajectories(arithmetic):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from sapo.data.trajectory import Cost, Trajectory, TrajectoryFormatError
-from sapo.evolution import RunDirectory, RunMismatchError, SelfEvolution
+from sapo.evolution import RunDirectory, RunMismatchError
 from sapo.evolution.run_directory import ChunkedJsonl
-from sapo.models import TINY_RANDOM, BackboneSpec
+from sapo.evolution.trainers import phase_trainer
 
 EXTENDABLE = ("model.init_args.iterations",)
 
@@ -101,12 +101,15 @@ class _RecordsAutocast(L.LightningModule):
 
 
 def test_a_phase_trainer_trains_in_the_recipes_precision_on_cpu(tmp_path, sapo_cache_dir):
-    loop = SelfEvolution(BackboneSpec(TINY_RANDOM, cache_dir=sapo_cache_dir), run_dir=str(tmp_path))
-    loop.run_dir = tmp_path
-    loop.template = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False)
+    template = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False)
     module = _RecordsAutocast()
-    loop._phase_trainer("sft", epochs=1, gradient_clip=None).fit(module)
+    phase_trainer(template, tmp_path, "sft", epochs=1, gradient_clip=None).fit(module)
     assert module.autocast == [True, True] and module.dtypes == [torch.bfloat16] * 2
+    # max_steps: exactly that many optimizer steps, the data cycled (2 batches per epoch here)
+    module = _RecordsAutocast()
+    trainer = phase_trainer(template, tmp_path, "orpo_1", epochs=1, gradient_clip=None, max_steps=5)
+    trainer.fit(module)
+    assert trainer.global_step == 5 and len(module.autocast) == 5
 
 
 def test_training_progress_comes_as_plain_lines_for_a_log_file(capsys):

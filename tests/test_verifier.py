@@ -19,9 +19,11 @@ from sapo.models.verifier_metrics import (
     FirstErrorAccuracy,
     ProcessBenchF1,
     choose_threshold,
+    detection_accuracy,
     first_error_indices,
     first_error_prediction,
     processbench_f1,
+    step_auroc,
     threshold_candidates,
 )
 from sapo.supervision.protocols import StepScorer
@@ -425,3 +427,26 @@ def test_metric_classes_accumulate_over_padded_batches_like_the_functions():
     assert f1.compute_all() == expected
     assert f1.compute().item() == pytest.approx(expected["f1"]) == pytest.approx(0.5)
     assert accuracy.compute().item() == pytest.approx(2 / 4)
+
+
+def test_step_auroc_equals_torchmetrics_on_rows_of_different_lengths():
+    from torchmetrics.functional.classification import binary_auroc
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = [3, 1, 5, 2, 4] * 8
+    # scores rounded to one decimal, so that ties between a right and a wrong step occur
+    scores = [(torch.rand(n, generator=generator) * 10).round().div(10).tolist() for n in lengths]
+    labels = [(torch.rand(n, generator=generator) < 0.6).float().tolist() for n in lengths]
+    expected = binary_auroc(torch.tensor(sum(scores, [])), torch.tensor(sum(labels, [])).long())
+    assert step_auroc(scores, labels) == pytest.approx(float(expected), abs=1e-6)
+    assert step_auroc([[0.2, 0.9]], [[0.0, 1.0]]) == 1.0 and step_auroc([[0.9, 0.2]], [[0.0, 1.0]]) == 0.0
+    assert step_auroc([[0.3, 0.4]], [[1.0, 1.0]]) is None  # no wrong step: no ranking to judge
+
+
+def test_detection_accuracy_counts_rows_with_an_error_only():
+    # rows 2 and 3 have errors (at 1 and 0); row 1 has none and is not counted whatever was detected
+    result = detection_accuracy([0, 1, 2], [-1, 1, 0], [2, 4, 5])
+    assert result == {"accuracy": 0.5, "random_step": pytest.approx((1 / 4 + 1 / 5) / 2), "rows": 2}
+    assert detection_accuracy([0], [-1], [3]) == {"accuracy": 0.0, "random_step": 0.0, "rows": 0}
+    with pytest.raises(ValueError, match="2 detections, 1 labels"):
+        detection_accuracy([0, 1], [0], [2])

@@ -10,15 +10,18 @@ from torch.utils.data import DataLoader
 
 from sapo.data.batching import training_dataloader
 from sapo.data.preference import PairCollator, PreferencePair
-from sapo.data.tasks.base import Task
+from sapo.data.tasks.base import Question, Task
 
 __all__ = ["ItemsDataModule", "SFTDataModule", "gold_pairs", "pair_lengths"]
 
 
-def gold_pairs(task: Task, tokenizer: Any) -> list[PreferencePair]:
-    """One SFT pair (no rejected side) per question of ``task`` that has a reference solution."""
+def gold_pairs(
+    task: Task, tokenizer: Any, questions: Sequence[Question] | None = None
+) -> list[PreferencePair]:
+    """One SFT pair (no rejected side) per question of ``task`` (or of ``questions``, some of its questions)
+    with its reference solution."""
     pairs = []
-    for question in task.load():
+    for question in task.load() if questions is None else questions:
         gold = task.gold_trajectory(question)
         pairs.append(PreferencePair(question.id, task.prompt(question, tokenizer), gold.steps))
     return pairs

@@ -30,7 +30,14 @@ from typing import Any
 from sapo.data.tasks.base import Question, Task
 from sapo.data.tasks.loading import InvalidRowError, Row, load_rows
 from sapo.data.trajectory import Trajectory, from_processbench
-from sapo.models.verifier_metrics import choose_threshold, first_error_prediction, processbench_f1
+from sapo.models.verifier_metrics import (
+    choose_threshold,
+    detection_accuracy,
+    first_error_prediction,
+    processbench_f1,
+    step_auroc,
+)
+from sapo.supervision.first_error import largest_drop
 from sapo.supervision.protocols import StepScorer
 
 __all__ = [
@@ -128,6 +135,11 @@ class FirstErrorScores:
         correct_accuracy: ``#{label = -1, prediction = -1} / #{label = -1}``.
         f1: their harmonic mean.
         num_error, num_correct: rows with and without an error.
+        step_auroc: :func:`~sapo.models.verifier_metrics.step_auroc` of the step scores against the step
+            labels (``None`` without both right and wrong steps); independent of τ.
+        detection_accuracy: on rows with an error, the share whose largest score drop
+            (:func:`~sapo.supervision.first_error.largest_drop`, SAPO's detector) is the first error.
+        random_step_accuracy: the same for a uniformly drawn step (the random-step ablation), in expectation.
         ids, labels, predictions: per row, in input order (to trace the numbers).
     """
 
@@ -137,6 +149,9 @@ class FirstErrorScores:
     f1: float
     num_error: int
     num_correct: int
+    step_auroc: float | None = None
+    detection_accuracy: float = 0.0
+    random_step_accuracy: float = 0.0
     ids: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     predictions: list[int] = field(default_factory=list)
@@ -198,13 +213,20 @@ def first_error_scores(
     name: str, trajectories: Sequence[Trajectory], scores: Sequence[Sequence[float]], threshold: float
 ) -> FirstErrorScores:
     """:func:`processbench_f1` of the predictions ``min{j : s_j < τ}`` against the trajectories' first
-    errors (``Trajectory.first_error``), with the per-row detail."""
+    errors (``Trajectory.first_error``), with the step AUROC, the largest-drop detector's accuracy and the
+    per-row detail."""
     labels = [t.first_error for t in trajectories]
     predictions = [first_error_prediction(s, threshold) for s in scores]
     metrics = processbench_f1(predictions, labels)
+    detection = detection_accuracy(
+        [largest_drop(s) for s in scores], labels, [t.num_steps for t in trajectories]
+    )
     return FirstErrorScores(
         name=name,
         **metrics,
+        step_auroc=step_auroc(scores, [t.labels for t in trajectories]),
+        detection_accuracy=detection["accuracy"],
+        random_step_accuracy=detection["random_step"],
         ids=[str(t.meta.get("id", t.question_id)) for t in trajectories],
         labels=labels,
         predictions=predictions,

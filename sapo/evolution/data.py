@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sapo.data.datamodule import ItemsDataModule, SFTDataModule, pair_lengths
+from sapo.data.datamodule import ItemsDataModule, SFTDataModule, gold_pairs, pair_lengths
 from sapo.data.preference import PairCollator, PreferencePair
 from sapo.data.prm import PRMCollator, PRMExample
 from sapo.data.tasks.base import Question, Task
@@ -101,6 +101,11 @@ class SAPSDataModule(SFTDataModule):
         max_length: tokens per training sequence.
         chunk_size: questions (when sampling) or trajectories (when labelling) per chunk written to disk.
         num_workers: DataLoader worker processes.
+        gold_solutions: how many training questions (the first ones) keep their gold solution. Those are
+            D_org: the SFT phase trains on them and they join D_0. The loop samples only the other questions
+            and knows them by their final answers alone, so what it adds to SFT comes from self-generated
+            solutions. null (the paper's setting): every question has its gold solution, and the loop
+            samples the same questions SFT trained on.
     """
 
     def __init__(
@@ -111,18 +116,28 @@ class SAPSDataModule(SFTDataModule):
         max_length: int = 512,
         chunk_size: int = 64,
         num_workers: int = 0,
+        gold_solutions: int | None = None,
     ) -> None:
         for key, value in {
             "batch_size": batch_size,
             "max_length": max_length,
             "chunk_size": chunk_size,
+            "gold_solutions": 1 if gold_solutions is None else gold_solutions,
         }.items():
             if value < 1:
                 raise ValueError(f"data.init_args.{key} must be at least 1, got {value}")
         super().__init__(task, batch_size=batch_size, max_length=max_length, num_workers=num_workers)
         self.heldout_task = heldout_task
         self.chunk_size = chunk_size
+        self.gold_solutions = gold_solutions
         self._questions: list[Question] | None = None
+
+    def setup(self, stage: str) -> None:
+        """The SFT phase's data: the gold solutions of :attr:`gold_questions` (see ``SFTDataModule``)."""
+        if stage == "fit" and not self.train_pairs and self.gold_solutions is not None:
+            tokenizer = self.trainer.lightning_module.tokenizer
+            self.train_pairs = gold_pairs(self.task, tokenizer, self.gold_questions)
+        super().setup(stage)
 
     # --- questions ------------------------------------------------------------------------------------------
     @property
@@ -130,15 +145,33 @@ class SAPSDataModule(SFTDataModule):
         """The training questions (loaded once)."""
         if self._questions is None:
             self._questions = self.task.load()
+            if self.gold_solutions is not None and self.gold_solutions >= len(self._questions):
+                raise ValueError(
+                    f"data.init_args.gold_solutions is {self.gold_solutions}, but the task has only "
+                    f"{len(self._questions)} questions: none would be left for the loop to sample; raise the "
+                    "task's number of questions or lower gold_solutions"
+                )
         return self._questions
 
+    @property
+    def gold_questions(self) -> list[Question]:
+        """The questions whose gold solutions are used (D_org): all, or the first ``gold_solutions``."""
+        return self.questions if self.gold_solutions is None else self.questions[: self.gold_solutions]
+
+    @property
+    def sampled_questions(self) -> list[Question]:
+        """The questions the loop samples: all, or those after the first ``gold_solutions``."""
+        return self.questions if self.gold_solutions is None else self.questions[self.gold_solutions :]
+
     def iteration_questions(self, iteration: int, count: int | None, seed: int) -> list[Question]:
-        """The questions sampled in ``iteration``: all, or a seeded draw of ``count``."""
-        if count is None or count >= len(self.questions):
-            return list(self.questions)
+        """The questions sampled in ``iteration``: all of :attr:`sampled_questions`, or a seeded draw of
+        ``count`` of them."""
+        pool = self.sampled_questions
+        if count is None or count >= len(pool):
+            return list(pool)
         rng = random.Random(derive_seed(seed, "questions", iteration))
-        chosen = sorted(rng.sample(range(len(self.questions)), count))
-        return [self.questions[i] for i in chosen]
+        chosen = sorted(rng.sample(range(len(pool)), count))
+        return [pool[i] for i in chosen]
 
     def heldout(self, count: int) -> list[Question]:
         """The first ``count`` held-out questions (none without a held-out task)."""
@@ -147,8 +180,13 @@ class SAPSDataModule(SFTDataModule):
         return self.heldout_task.load()[:count]
 
     def gold_trajectories(self, questions: Sequence[Question] | None = None) -> list[Trajectory]:
-        """D_org: the gold solutions (of ``questions``, default all) as checked trajectories."""
-        return [self.task.gold_trajectory(q) for q in (self.questions if questions is None else questions)]
+        """D_org as checked trajectories: the gold solutions of :attr:`gold_questions` (of those among
+        ``questions``, when given)."""
+        gold = self.gold_questions
+        if questions is not None:
+            ids = {q.id for q in gold}
+            gold = [q for q in questions if q.id in ids]
+        return [self.task.gold_trajectory(q) for q in gold]
 
     def chunks(self, items: Sequence[Any]) -> list[Sequence[Any]]:
         """``items`` cut into the chunks written to disk one by one."""

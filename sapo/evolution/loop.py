@@ -23,8 +23,8 @@ module's hooks what Lightning means them to be.
 
 Every phase runs through one skeleton (:meth:`SelfEvolution._phase`): skip it if the run directory's
 manifest has it finished, else record its start, seed every random generator from the run's seed and the
-phase's name alone, do its work (which writes its artifacts), record it finished with a summary, and free
-the memory of the models it loaded. Because each phase's random state depends only on the seed and the
+phase's name alone, do its work (which writes its artifacts), record it finished with a summary and its peak
+memory (:mod:`sapo.evolution.memory`), and free the memory of the models it loaded. Because each phase's random state depends only on the seed and the
 phase (and each chunk's on the chunk), a run killed anywhere and resumed makes the same artifacts as one
 that never stopped. Sampling and labelling also write
 chunk by chunk (:mod:`sapo.evolution.chunks`), so a rerun skips the finished chunks of a half-done phase.
@@ -39,7 +39,6 @@ of the ``sapo fit`` trainer (Weights & Biases, MLflow, ...), and to ``<run_dir>/
 from __future__ import annotations
 
 import copy
-import gc
 import importlib.util
 from collections.abc import Callable
 from dataclasses import replace
@@ -48,9 +47,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from sapo.callbacks import ProgressLines
+from sapo.data.datamodule import gold_pairs
 from sapo.data.pairs import build_pairs, rft_pairs
 from sapo.data.preference import read_pairs
 from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
@@ -58,6 +56,7 @@ from sapo.eval.processbench import evaluate_on_oracle
 from sapo.eval.reasoner import sample_and_check
 from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunks
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
+from sapo.evolution.memory import PhaseMemory, release_memory
 from sapo.evolution.report import write_metrics_csv, write_report
 from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory
 from sapo.evolution.settings import (
@@ -69,6 +68,7 @@ from sapo.evolution.settings import (
     SFTSettings,
     VerifierSettings,
 )
+from sapo.evolution.trainers import iteration_loggers, phase_trainer
 from sapo.models.backbone import BackboneSpec, LoraSettings, load_tokenizer, resolve_dtype
 from sapo.models.reasoner import ORPOReasoner
 from sapo.models.verifier import PRMVerifier
@@ -167,7 +167,7 @@ class SelfEvolution:
                 "[sapo] warning: no held-out task (data.init_args.heldout_task is null): no accuracy is measured; "
                 "the report says so"
             )
-        self._loggers = self._iteration_loggers()
+        self._loggers = iteration_loggers(self.template, self.run_dir)
         self._prompts: TaskPrompts | None = None
         reasoner = self._sft_phase()
         samples = self._samples_phase(0, reasoner)
@@ -198,9 +198,11 @@ class SelfEvolution:
         if not self.run.done(name):
             self.run.start(name, **start)
             L.seed_everything(derive_seed(self.seed, name) % 2**31, workers=True, verbose=False)
+            memory = PhaseMemory()
+            memory.start()
             summary = work()
-            self.run.finish(name, **summary)
-            _free()
+            self.run.finish(name, **summary, memory=memory.summary())
+            release_memory()
         return self.run.summary(name)
 
     # --- phases -------------------------------------------------------------------------------------------
@@ -218,6 +220,8 @@ class SelfEvolution:
 
     def _samples_phase(self, t: int, reasoner: Path) -> list[Trajectory]:
         name, path = f"samples_{t}", self.run_dir / f"samples_{t}.jsonl"
+        if self.pairs.source == "gold":  # SFT continued: trains on D_org alone, samples nothing
+            return []
 
         def work() -> dict[str, Any]:
             model, tokenizer = self._frozen(reasoner)
@@ -233,8 +237,10 @@ class SelfEvolution:
                     ChunkedJsonl(self.run, name, name),
                     cost,
                 )
-            if t == 0 and self.sampling.include_gold:  # D_0 = Sample(M_0) ∪ D_org, on the questions sampled
-                samples = self.data.gold_trajectories(questions) + samples
+            if t == 0 and self.sampling.include_gold:  # D_0 = Sample(M_0) ∪ D_org: the gold solutions of the
+                # questions sampled, or all of them when the loop samples other questions than SFT's
+                separate = self.data.gold_solutions is not None
+                samples = self.data.gold_trajectories(None if separate else questions) + samples
             write_jsonl(samples, path)
             del model
             return {
@@ -250,7 +256,7 @@ class SelfEvolution:
         self, t: int, reasoner: Path, verifier: Path | None, samples: list[Trajectory]
     ) -> LabelledData:
         name = f"labels_{t}"
-        if self._rft:
+        if not self._ranked:
             return LabelledData()
         strategy = self.labelling.initial_strategy if t == 0 else self.labelling.strategy
         new = [s for s in samples if s.label_source != "gold"]
@@ -287,7 +293,7 @@ class SelfEvolution:
 
     def _verifier_phase(self, t: int, reasoner: Path, labels: LabelledData) -> Path | None:
         name, folder = f"verifier_{t}", self.run_dir / f"verifier_{t}"
-        if self._rft:
+        if not self._ranked:
             return None
 
         def work() -> dict[str, Any]:
@@ -324,14 +330,16 @@ class SelfEvolution:
         def work() -> dict[str, Any]:
             candidates = [s for s in samples if s.num_steps > 0 and s.outcome is not None]
             prompts = self._task_prompts()
-            if verifier is None:  # RFT: no ranking, SFT on the correct self-samples
+            if self.pairs.source == "gold":  # SFT continued: D_org's gold solutions again
+                pairs = gold_pairs(self.data.task, prompts.tokenizer, self.data.gold_questions)
+            elif verifier is None:  # RFT: no ranking, SFT on the correct self-samples
                 pairs = rft_pairs(candidates, prompt=prompts, dedup_key=self.data.task.dedup_key)
             else:
                 scorer = self._load_verifier(verifier)
                 with self._precision():
                     scores = scorer.score(candidates)
                 del scorer
-                _free()
+                release_memory()
                 pairs = build_pairs(
                     candidates,
                     scores,
@@ -371,7 +379,13 @@ class SelfEvolution:
                 "previous": replace(self.reasoner_spec, name_or_path=str(previous)),
             }[self.orpo.init]
             module = self._reasoner_module(init, self.orpo.learning_rate, self.orpo.warmup_ratio)
-            self._fit(name, module, self.data.pair_data(pairs, module.tokenizer), self.orpo.epochs)
+            self._fit(
+                name,
+                module,
+                self.data.pair_data(pairs, module.tokenizer),
+                self.orpo.epochs,
+                max_steps=self.orpo.max_steps,
+            )
             module.save_pretrained(folder)
             return {"reasoner": str(folder), "pairs": len(pairs)}
 
@@ -410,7 +424,9 @@ class SelfEvolution:
         self, t: int, questions: list, reasoner: Path, verifier: Path | None
     ) -> dict[str, Any]:
         """Greedy held-out accuracy of ``reasoner``; with a verifier and a task oracle, the verifier's
-        ProcessBench-style scores on those answers."""
+        scores on those answers against the oracle's labels: ProcessBench's F1 and accuracies at τ, the
+        step-level AUROC, and how often its largest score drop (SAPO's detector) is the first error, beside
+        a random step's chance of it."""
         task = self.data.heldout_task
         model, tokenizer = self._frozen(reasoner)
         with self._precision():
@@ -427,7 +443,7 @@ class SelfEvolution:
         write_jsonl(greedy, self.run_dir / f"heldout_{t}.jsonl")
         metrics: dict[str, Any] = {"heldout_accuracy": sum(bool(g.outcome) for g in greedy) / len(greedy)}
         del model
-        _free()
+        release_memory()
         if verifier is not None and task.has_oracle:
             scorer = self._load_verifier(verifier)
             judged = [g for g in greedy if g.num_steps > 0]
@@ -439,14 +455,18 @@ class SelfEvolution:
             metrics["verifier_f1"] = scores.f1
             metrics["verifier_error_accuracy"] = scores.error_accuracy
             metrics["verifier_correct_accuracy"] = scores.correct_accuracy
+            metrics["verifier_step_auroc"] = scores.step_auroc
+            metrics["verifier_detection_accuracy"] = scores.detection_accuracy
+            metrics["random_step_detection_accuracy"] = scores.random_step_accuracy
             metrics["verifier_rows"] = {"with_error": scores.num_error, "correct": scores.num_correct}
             del scorer
         return metrics
 
     # --- helpers ------------------------------------------------------------------------------------------
     @property
-    def _rft(self) -> bool:
-        return self.pairs.source == "rft"
+    def _ranked(self) -> bool:
+        """Whether pairs are ranked by a verifier (the method), so that there are labels and verifiers."""
+        return self.pairs.source == "verifier"
 
     def _task_prompts(self) -> TaskPrompts:
         """Every question's prompt as its task builds it, for the verifier and the pairs (loaded once)."""
@@ -531,19 +551,6 @@ class SelfEvolution:
         """Sampling and scoring under the trainer's precision (bf16 autocast with ``bf16-mixed``)."""
         return self.template.precision_plugin.forward_context()
 
-    def _iteration_loggers(self) -> list[Any]:
-        """Where the per-iteration metrics go: TensorBoard under ``<run_dir>/logs/iterations`` (event files
-        of every process of the run in one folder), and the ``sapo fit`` trainer's loggers other than CSV
-        and TensorBoard ones (those would write where the recipe's ``save_dir`` says, not in this run's
-        folder; the CSV is :func:`write_metrics_csv`'s)."""
-        own = TensorBoardLogger(self.run_dir / "logs", name="iterations", version="", default_hp_metric=False)
-        others = [
-            logger
-            for logger in self.template.loggers
-            if not isinstance(logger, (CSVLogger, TensorBoardLogger))
-        ]
-        return [own, *others]
-
     def _fit(
         self,
         phase: str,
@@ -551,40 +558,12 @@ class SelfEvolution:
         data: L.LightningDataModule,
         epochs: int,
         gradient_clip: float | None = None,
+        max_steps: int | None = None,
     ) -> None:
-        trainer = self._phase_trainer(phase, epochs, gradient_clip)
-        trainer.fit(module, datamodule=data)
-
-    def _phase_trainer(self, phase: str, epochs: int, gradient_clip: float | None) -> L.Trainer:
-        template = self.template
-        logs = self.run_dir / "logs" / "phases"
-        return L.Trainer(
-            # the device type, not the accelerator object: given an object, Lightning sets mixed precision
-            # up for CUDA, and on a CPU bf16-mixed would then run in float32
-            accelerator=template.strategy.root_device.type,
-            devices=template.num_devices,
-            precision=template.precision,
-            max_epochs=epochs,
-            accumulate_grad_batches=template.accumulate_grad_batches,
-            gradient_clip_val=gradient_clip if gradient_clip is not None else template.gradient_clip_val,
-            log_every_n_steps=template.log_every_n_steps,
-            limit_train_batches=template.limit_train_batches,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=template.progress_bar_callback is not None and not ProgressLines.wanted(),
-            callbacks=[ProgressLines(phase)] if ProgressLines.wanted() else None,
-            logger=[
-                CSVLogger(logs, name=phase, version=""),
-                TensorBoardLogger(logs, name=phase, version="", default_hp_metric=False),
-            ],
-            default_root_dir=self.run_dir,
-        )
-
-
-def _free() -> None:
-    """Give the memory of models just dropped back before the next phase loads one."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        trainer = phase_trainer(self.template, self.run_dir, phase, epochs, gradient_clip, max_steps)
+        try:
+            trainer.fit(module, datamodule=data)
+        finally:
+            # The loop's own DataModule (the SFT phase's) outlives the phase, and Lightning leaves it
+            # holding the trainer: through it the model, its gradients and AdamW's state, to the run's end.
+            data.trainer = None

@@ -26,7 +26,7 @@ def _fmt(value: Any, percent: bool = False) -> str:
 
 
 def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> None:
-    """Write ``report.md`` (and ``accuracy.png``, ``verifier_f1.png``, ``label_cost.png``) in the run dir."""
+    """Write ``report.md`` (and ``accuracy.png``, ``verifier.png``, ``label_cost.png``) in the run dir."""
     phases = run.manifest["phases"]
     lines = [
         f"# Run report: {run.path}",
@@ -44,9 +44,9 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
             "",
         ]
     lines += [
-        "| iteration | held-out accuracy | vs SFT | verifier F1 | error acc. | correct acc. "
-        "| self-verification error | label completions (cumulative) | label tokens (cumulative) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| iteration | held-out accuracy | vs SFT | self-verification error "
+        "| label completions (cumulative) | label tokens (cumulative) |",
+        "|---|---|---|---|---|---|",
     ]
     start = iterations[0].get("heldout_accuracy") if iterations else None
     start_outcomes = _heldout_outcomes(run, iterations[0]["iteration"]) if iterations else {}
@@ -68,12 +68,41 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
                     str(m["iteration"]),
                     _fmt(acc, percent=True),
                     "–" if delta is None else delta,
-                    _fmt(m.get("verifier_f1")),
-                    _fmt(m.get("verifier_error_accuracy")),
-                    _fmt(m.get("verifier_correct_accuracy")),
                     _fmt(m.get("self_verification_error"), percent=True),
                     _fmt(None if cost is None else cost.get("completions", 0)),
                     _fmt(None if cost is None else cost.get("generated_tokens", 0)),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "## The verifier on the held-out answers",
+        "",
+        "V_t scores the greedy held-out answers of iteration t; the task's oracle gives each step's label.",
+        "AUROC: the chance that a right step scores above a wrong one (0.5: no separation). Detection: on",
+        "answers with a wrong step, how often the verifier's largest score drop is the first wrong step,",
+        "beside a random step's chance (the random-step ablation). F1 and the accuracies: ProcessBench's,",
+        "at the threshold τ.",
+        "",
+        "| iteration | answers with an error / without | step AUROC | detection | random step "
+        "| F1 | error acc. | correct acc. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in iterations:
+        rows = m.get("verifier_rows") or {}
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(m["iteration"]),
+                    f"{rows['with_error']} / {rows['correct']}" if rows else "–",
+                    _fmt(m.get("verifier_step_auroc")),
+                    _fmt(m.get("verifier_detection_accuracy")),
+                    _fmt(m.get("random_step_detection_accuracy")),
+                    _fmt(m.get("verifier_f1")),
+                    _fmt(m.get("verifier_error_accuracy")),
+                    _fmt(m.get("verifier_correct_accuracy")),
                 ]
             )
             + " |"
@@ -96,18 +125,39 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
             f"| {entry.get('dropped')} | {cost.get('completions', 0)} | {cost.get('generated_tokens', 0)} "
             f"| {cost.get('seconds', 0):.1f} |"
         )
-    lines += ["", "## Phases", "", "| phase | summary |", "|---|---|"]
+    peaks = [e["memory"]["peak_rss_gib"] for e in phases.values() if "peak_rss_gib" in e.get("memory", {})]
+    lines += ["", "## Phases", ""]
+    if peaks:
+        lines += [f"Peak resident memory of the run: {max(peaks):.2f} GiB (the largest phase's peak).", ""]
+    lines += ["| phase | summary | peak memory |", "|---|---|---|"]
     for name, entry in phases.items():
         brief = {
             k: v
             for k, v in entry.items()
             if k not in ("finished_at", "cost", "label_cost") and not isinstance(v, dict)
         }
-        lines.append(f"| {name} | {', '.join(f'{k}={_fmt(v)}' for k, v in brief.items())} |")
+        lines.append(
+            f"| {name} | {', '.join(f'{k}={_fmt(v)}' for k, v in brief.items())} | {_memory(entry)} |"
+        )
     plots = _plots(run, iterations, label_rows)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{title}]({file})" for title, file in plots]
     (run.path / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _memory(entry: dict[str, Any]) -> str:
+    """A phase's peak memory as the report shows it: host resident set, and CUDA when there is one."""
+    memory = entry.get("memory", {})
+    if "peak_rss_gib" not in memory:
+        return "–"
+    text = f"{memory['peak_rss_gib']:.2f} GiB"
+    if memory.get("peak_rss_scope") == "process":
+        text += " (process so far)"
+    elif "rss_at_start_gib" in memory:  # what the phase found held: the earlier phases' share of its peak
+        text += f" (from {memory['rss_at_start_gib']:.2f} GiB)"
+    if "peak_cuda_gib" in memory:
+        text += f", CUDA {memory['peak_cuda_gib']:.2f} GiB"
+    return text
 
 
 def _heldout_outcomes(run: RunDirectory, iteration: int) -> dict[str, bool]:
@@ -129,20 +179,33 @@ def _plots(
 
     made = []
     xs = [m["iteration"] for m in iterations]
-    for key, title, file in (
-        ("heldout_accuracy", "held-out accuracy (greedy)", "accuracy.png"),
-        ("verifier_f1", "verifier F1 (ProcessBench protocol, oracle labels)", "verifier_f1.png"),
-    ):
-        points = [(x, m.get(key)) for x, m in zip(xs, iterations, strict=True) if m.get(key) is not None]
-        if not points:
-            continue
+    curves = {
+        "accuracy.png": ("held-out accuracy (greedy)", {"heldout_accuracy": "held-out accuracy"}),
+        "verifier.png": (
+            "the verifier on the held-out answers (oracle labels)",
+            {
+                "verifier_step_auroc": "step AUROC",
+                "verifier_detection_accuracy": "first-error detection",
+                "random_step_detection_accuracy": "random step",
+                "verifier_f1": "ProcessBench F1",
+            },
+        ),
+    }
+    for file, (title, keys) in curves.items():
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-        if key == "heldout_accuracy":
-            ax.axhline(points[0][1], color="grey", linestyle="--", linewidth=1, label="SFT start")
-            ax.legend(loc="lower right")
+        drawn = False
+        for key, label in keys.items():
+            points = [(x, m[key]) for x, m in zip(xs, iterations, strict=True) if m.get(key) is not None]
+            if points:
+                drawn = True
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+                if key == "heldout_accuracy":
+                    ax.axhline(points[0][1], color="grey", linestyle="--", linewidth=1, label="SFT start")
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.legend(loc="best", fontsize=7)
         ax.set_xlabel("iteration")
-        ax.set_ylabel(key.replace("_", " "))
         ax.set_title(title, fontsize=10)
         ax.set_xticks(xs)
         fig.tight_layout()

@@ -32,7 +32,7 @@ FLAG = "model.init_args"
 BACKENDS = ("transformers", "vllm")
 ORPO_INITS = ("base", "sft", "previous")
 VERIFIER_LOSSES = ("bce", "mse")
-PAIR_SOURCES = ("verifier", "rft")
+PAIR_SOURCES = ("verifier", "rft", "gold")
 
 
 def _at_least(group: str, least: int | float, **values: int | float | None) -> None:
@@ -177,8 +177,10 @@ class PairSettings:
     """Preference pairs P_t = Pairs(V_t, D_t): per question, trajectories whose rewards differ by a margin."""
 
     source: str = "verifier"
-    """``verifier`` (pairs ranked by V_t, the method) or ``rft`` (no pairs and no verifier: SFT on the correct
-    self-samples, the RFT baseline)."""
+    """``verifier`` (pairs ranked by V_t, the method); ``rft`` (no pairs and no verifier: SFT on the correct
+    self-samples, the RFT baseline); or ``gold`` (no sampling, labels or verifier: each round trains on
+    D_org's gold solutions again, the "SFT continued" baseline that tells a gain of the loop from more
+    optimizer steps on the same solutions; give it the method's steps with ``orpo.max_steps``)."""
     margin: float = 0.3
     """η, the least difference of mean step scores between chosen and rejected (the paper: 0.3)."""
     max_per_question: int = 4
@@ -210,10 +212,16 @@ class ORPOSettings:
     """λ of the odds-ratio term (ORPO's and SIPF's best value: 0.1)."""
     warmup_ratio: float = 0.1
     """Linear warm-up share of the schedule, then linear decay (SIPF: 0.1)."""
+    max_steps: int | None = None
+    """Optimizer steps per round; null: ``epochs`` passes over the round's pairs. Set it to compare arms at
+    equal compute (every arm the steps one round of the method took, from its phase log): the round's data
+    is cycled as often as needed and cut at this many steps."""
 
     def __post_init__(self) -> None:
         _choice("orpo", "init", self.init, ORPO_INITS)
         _at_least("orpo", 1, epochs=self.epochs)
+        if self.max_steps is not None:
+            _at_least("orpo", 1, max_steps=self.max_steps)
         _positive("orpo", learning_rate=self.learning_rate)
         _at_least("orpo", 0, weight=self.weight)
         _warmup("orpo", self.warmup_ratio)

@@ -26,6 +26,8 @@ from torchmetrics import Metric
 from sapo.data.trajectory import NO_ERROR, first_error_of
 
 __all__ = [
+    "step_auroc",
+    "detection_accuracy",
     "first_error_prediction",
     "first_error_indices",
     "processbench_f1",
@@ -53,6 +55,57 @@ def first_error_indices(values: torch.Tensor, mask: torch.Tensor, threshold: flo
     below = (values < threshold) & mask.bool()
     first = below.to(torch.int8).argmax(dim=1)  # argmax returns the first maximal index
     return torch.where(below.any(dim=1), first, torch.full_like(first, NO_ERROR))
+
+
+def step_auroc(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[float]]) -> float | None:
+    """Step-level AUROC: the chance that a right step scores above a wrong one, ties counting one half.
+
+    ``AUROC = (1 / (P·N)) Σ_{i right} Σ_{j wrong} (1[s_i > s_j] + ½·1[s_i = s_j])`` over every step of every
+    row, a step being wrong when its label is below 0.5. It reads the scores as a ranking only, so it does
+    not depend on a threshold (the F1 does). ``None`` when either class has no step.
+    """
+    pooled = [
+        (float(s), float(label) >= LABEL_THRESHOLD)
+        for row_scores, row_labels in zip(scores, labels, strict=True)
+        for s, label in zip(row_scores, row_labels, strict=True)
+    ]
+    positives = sum(right for _, right in pooled)
+    negatives = len(pooled) - positives
+    if not positives or not negatives:
+        return None
+    # rank sum of the right steps (Mann-Whitney U), with tied scores sharing their mean rank
+    pooled.sort(key=lambda item: item[0])
+    rank_sum, start = 0.0, 0
+    while start < len(pooled):
+        end = start
+        while end < len(pooled) and pooled[end][0] == pooled[start][0]:
+            end += 1
+        mean_rank = (start + 1 + end) / 2
+        rank_sum += mean_rank * sum(right for _, right in pooled[start:end])
+        start = end
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def detection_accuracy(detected: Sequence[int], labels: Sequence[int], num_steps: Sequence[int]) -> dict:
+    """How often a first-error detector finds the true first error, on the rows that have one.
+
+    ``accuracy = #{label ≠ -1, detected = label} / #{label ≠ -1}``, beside ``random_step = (1 / #{label ≠
+    -1}) Σ_{label ≠ -1} 1 / n_steps``: the expected accuracy of a step drawn uniformly, which is what the
+    random-step ablation's detector scores. Returns both (0 over no rows) and ``rows``, the rows with an
+    error.
+    """
+    if not len(detected) == len(labels) == len(num_steps):
+        raise ValueError(f"{len(detected)} detections, {len(labels)} labels, {len(num_steps)} step counts")
+    rows = [
+        (d, label, n) for d, label, n in zip(detected, labels, num_steps, strict=True) if label != NO_ERROR
+    ]
+    if not rows:
+        return {"accuracy": 0.0, "random_step": 0.0, "rows": 0}
+    return {
+        "accuracy": sum(d == label for d, label, _ in rows) / len(rows),
+        "random_step": sum(1 / n for _, _, n in rows) / len(rows),
+        "rows": len(rows),
+    }
 
 
 def harmonic_mean(a: float, b: float) -> float:

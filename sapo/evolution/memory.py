@@ -1,0 +1,106 @@
+"""Memory between the loop's phases: each phase's peak (:class:`PhaseMemory`), and handing freed memory
+back before the next phase (:func:`release_memory`).
+
+The peak is the process's resident set on the host and, with CUDA, allocated GPU memory.
+
+Linux keeps a process's peak resident set size (``VmHWM`` in ``/proc/self/status``) and lets the process
+reset it (writing ``5`` to ``/proc/self/clear_refs``), so each phase's own peak can be read rather than the
+peak of the whole run so far. Where that reset is refused or missing (other systems, some containers) the
+figure is the process's peak since it started (``resource.getrusage``), and it says so. Worker processes
+(DataLoader workers, a vLLM engine) are not counted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["PhaseMemory", "release_memory"]
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+GIB = 2**30
+
+
+class PhaseMemory:
+    """Measures the peak memory of the work between :meth:`start` and :meth:`summary`."""
+
+    def __init__(self) -> None:
+        self.per_phase = False
+        self.rss_at_start: int | None = None
+
+    def start(self) -> None:
+        """Reset the peaks (host, when the system allows it, and CUDA); note the resident set now."""
+        self.rss_at_start = _status_bytes("VmRSS:")
+        try:
+            _CLEAR_REFS.write_text("5")
+            self.per_phase = _status_bytes("VmHWM:") is not None
+        except OSError:
+            self.per_phase = False
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def summary(self) -> dict[str, Any]:
+        """``peak_rss_gib`` (host, this phase's or since the process started, as ``peak_rss_scope`` says),
+        ``rss_at_start_gib`` (what the process held when the phase began: what earlier phases left) and,
+        with CUDA, ``peak_cuda_gib`` (allocated by torch)."""
+        hwm = _status_bytes("VmHWM:") if self.per_phase else None
+        if hwm is None:
+            # ru_maxrss is in kilobytes on Linux and in bytes on macOS
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
+                1 if sys.platform == "darwin" else 1024
+            )
+        result: dict[str, Any] = {
+            "peak_rss_gib": round(hwm / GIB, 3),
+            "peak_rss_scope": "phase" if self.per_phase else "process",
+        }
+        if self.rss_at_start is not None:
+            result["rss_at_start_gib"] = round(self.rss_at_start / GIB, 3)
+        if torch.cuda.is_available():
+            result["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
+        return result
+
+
+def _status_bytes(field: str) -> int | None:
+    """A field of ``/proc/self/status`` in bytes (``VmHWM:``, the peak resident set; ``VmRSS:``, the
+    current one), or ``None`` where ``/proc`` does not give it."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def release_memory() -> None:
+    """Give the memory of models just dropped back before the next phase loads one.
+
+    Most of a 135M model's tensors are under glibc's mmap threshold (which grows to 32 MiB), so they live on
+    the heap, and glibc keeps a freed heap for the process; ``malloc_trim`` hands it back to the system.
+    """
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _glibc() -> Any:
+    """glibc, for ``malloc_trim``; ``None`` elsewhere (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _glibc()
