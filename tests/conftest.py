@@ -37,7 +37,9 @@ def pytest_configure(config):
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Keep each test file on one xdist worker (its module fixtures are built once), except tests marked
-    ``spread``, whose cases go to any free worker."""
+    ``spread``, whose cases go to any free worker; those (whole recipe runs) go first, so that the longest
+    work does not start last."""
+    items.sort(key=lambda item: item.get_closest_marker("spread") is None)  # stable: otherwise in order
     for item in items:
         if item.get_closest_marker("spread") is None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
@@ -62,12 +64,20 @@ def smollm2_tokenizer(sapo_cache_dir):
 
 
 @pytest.fixture(scope="session")
-def smollm2_first_load(sapo_cache_dir) -> LoadedBackbone:
-    """The packaged SmolLM2-135M-Instruct in bfloat16, loaded once per session (converting it if needed).
+def smollm2_cache_dir(tmp_path_factory) -> str:
+    """A model cache of its own for the conversion tests: whatever else ran first in this process (a whole
+    recipe on the packaged model converts it into ``sapo_cache_dir``), the first load here converts."""
+    return str(tmp_path_factory.mktemp("smollm2-cache"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_first_load(smollm2_cache_dir) -> LoadedBackbone:
+    """The packaged SmolLM2-135M-Instruct in bfloat16, loaded once per session, converted into
+    ``smollm2_cache_dir`` by this first load.
 
     Session-scoped because the conversion is slow; tests must not train or modify this model.
     """
-    return BackboneSpec(PACKAGED_SMOLLM2, dtype="bfloat16", cache_dir=sapo_cache_dir).load_with_info()
+    return BackboneSpec(PACKAGED_SMOLLM2, dtype="bfloat16", cache_dir=smollm2_cache_dir).load_with_info()
 
 
 class WrittenReasoner(LlamaForCausalLM):

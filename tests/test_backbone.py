@@ -51,12 +51,14 @@ def _trainable_names(model) -> set[str]:
 
 
 @pytest.mark.slow
-def test_packaged_smollm2_is_converted_once_then_loaded_from_cache(smollm2_first_load, sapo_cache_dir):
+def test_packaged_smollm2_is_converted_once_then_loaded_from_cache(smollm2_first_load, smollm2_cache_dir):
     first = smollm2_first_load.info
     weights = Path(first.checkpoint) / "model.safetensors"
     written_at = weights.stat().st_mtime_ns
 
-    second = BackboneSpec(PACKAGED_SMOLLM2, dtype="bfloat16", cache_dir=sapo_cache_dir).load_with_info().info
+    second = (
+        BackboneSpec(PACKAGED_SMOLLM2, dtype="bfloat16", cache_dir=smollm2_cache_dir).load_with_info().info
+    )
 
     assert (first.source, first.converted, first.from_cache) == ("packaged", True, False)
     assert (second.source, second.converted, second.from_cache) == ("packaged", False, True)
@@ -80,10 +82,10 @@ def test_packaged_smollm2_answers_a_chat_prompt(smollm2_first_load):
 
 
 @pytest.mark.slow
-def test_converted_checkpoint_gives_the_logits_of_the_gguf_file(smollm2_first_load, sapo_cache_dir):
+def test_converted_checkpoint_gives_the_logits_of_the_gguf_file(smollm2_first_load, smollm2_cache_dir):
     from_gguf = BackboneSpec(str(packaged_smollm2_gguf()), dtype="float32").load_with_info()
     converted, converted_tokenizer = load_backbone(
-        PACKAGED_SMOLLM2, dtype="float32", cache_dir=sapo_cache_dir
+        PACKAGED_SMOLLM2, dtype="float32", cache_dir=smollm2_cache_dir
     )
 
     assert from_gguf.info.source == "gguf"

@@ -88,7 +88,7 @@ def _phase_started(phase: str, after: float = 0.0):
     return until
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test process, even if other files run in between
 def resumed_run(tmp_path_factory, sapo_cache_dir):
     """The smoke loop killed during sampling, during labelling, during a verifier's and an ORPO phase's
     training, then run to the end."""
@@ -109,7 +109,7 @@ def resumed_run(tmp_path_factory, sapo_cache_dir):
     return cwd, run_dir, kills
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted_run(tmp_path_factory, sapo_cache_dir):
     """The same smoke loop run once from start to end."""
     cwd = tmp_path_factory.mktemp("smoke_whole")
@@ -251,7 +251,9 @@ def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_d
         assert "labels_1" not in phases and "verifier_1" not in phases and "orpo_1" in phases
     elif source == "gold":  # SFT continued: the gold solutions again, nothing sampled or labelled
         assert not any(p.startswith(("samples_", "labels_", "verifier_")) for p in phases)
-        assert phases["pairs_1"]["pairs"] == phases["sft"]["pairs"] and phases["pairs_1"]["with_rejected"] == 0
+        assert (
+            phases["pairs_1"]["pairs"] == phases["sft"]["pairs"] and phases["pairs_1"]["with_rejected"] == 0
+        )
         assert "orpo_1" in phases and "eval_1" in phases
     elif config["model"]["init_args"].get("iterations") == 0:
         assert "eval_0" in phases and not any(p.endswith("_1") for p in phases)

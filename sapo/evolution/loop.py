@@ -337,7 +337,7 @@ class SelfEvolution:
             else:
                 scorer = self._load_verifier(verifier)
                 with self._precision():
-                    scores = scorer.score(candidates)
+                    scores = scorer.score(candidates, description=f"scoring D_{t} for the pairs")
                 del scorer
                 release_memory()
                 pairs = build_pairs(

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from tqdm.auto import tqdm
 from transformers import AutoModelForTokenClassification
 
 from sapo.data.prm import DEFAULT_PROMPT_TEMPLATE, PRMCollator, describe
@@ -286,12 +287,19 @@ class PRMVerifier(L.LightningModule):
         )
 
     # --- scoring ----------------------------------------------------------------------------------------
-    def score(self, trajectories: Sequence[Trajectory], batch_size: int | None = None) -> list[list[float]]:
+    def score(
+        self,
+        trajectories: Sequence[Trajectory],
+        batch_size: int | None = None,
+        description: str | None = None,
+    ) -> list[list[float]]:
         """One score ``ĉ_j = σ(z_j)`` in [0, 1] per step of each trajectory (a
         :class:`~sapo.supervision.protocols.StepScorer`).
 
         Batched (longest first, ``batch_size`` trajectories per pass, default the constructor's), in eval
         mode without gradients; every module's training mode is restored afterwards. Labels are ignored.
+        With a ``description`` a progress bar counts the trajectories scored (scoring thousands takes
+        minutes on a CPU).
 
         A step without a token position (cut off by ``max_length``, or swallowed by a token spanning two
         steps) gets the score of the nearest placed step before it, since the verifier has read nothing of
@@ -315,6 +323,7 @@ class PRMVerifier(L.LightningModule):
         order = sorted(range(len(examples)), key=lambda i: -len(examples[i]))
         modes = [(module, module.training) for module in self.modules()]
         self.eval()
+        bar = tqdm(total=len(order), desc=description, unit="trajectory", disable=description is None)
         try:
             with torch.no_grad():
                 for start in range(0, len(order), size):
@@ -327,7 +336,9 @@ class PRMVerifier(L.LightningModule):
                         raw[i] = [
                             None if p is None else float(scores[row, j]) for j, p in enumerate(positions)
                         ]
+                    bar.update(len(rows))
         finally:
+            bar.close()
             for module, training in modes:
                 module.training = training
         results, filled = [], 0
