@@ -97,11 +97,15 @@ class SFTDataModule(L.LightningDataModule):
         self.train_pairs: list[PreferencePair] = []
         self.val_pairs: list[PreferencePair] = []
 
+    def sft_questions(self) -> Sequence[Question] | None:
+        """The questions whose gold solutions are trained on; ``None``: all of the task's."""
+        return None
+
     def setup(self, stage: str) -> None:
         tokenizer = self.trainer.lightning_module.tokenizer
         self.collator = PairCollator(tokenizer, self.task.separator, self.max_length)
         if stage == "fit" and not self.train_pairs:
-            self.train_pairs = gold_pairs(self.task, tokenizer)
+            self.train_pairs = gold_pairs(self.task, tokenizer, self.sft_questions())
             if not self.train_pairs:
                 raise ValueError(
                     f"SFTDataModule: task {_describe_task(self.task)} gave no question to train on"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sapo.data.datamodule import ItemsDataModule, SFTDataModule, gold_pairs, pair_lengths
+from sapo.data.datamodule import ItemsDataModule, SFTDataModule, pair_lengths
 from sapo.data.preference import PairCollator, PreferencePair
 from sapo.data.prm import PRMCollator, PRMExample
 from sapo.data.tasks.base import Question, Task
@@ -132,12 +132,9 @@ class SAPSDataModule(SFTDataModule):
         self.gold_solutions = gold_solutions
         self._questions: list[Question] | None = None
 
-    def setup(self, stage: str) -> None:
-        """The SFT phase's data: the gold solutions of :attr:`gold_questions` (see ``SFTDataModule``)."""
-        if stage == "fit" and not self.train_pairs and self.gold_solutions is not None:
-            tokenizer = self.trainer.lightning_module.tokenizer
-            self.train_pairs = gold_pairs(self.task, tokenizer, self.gold_questions)
-        super().setup(stage)
+    def sft_questions(self) -> list[Question]:
+        """The SFT phase trains on the gold solutions of :attr:`gold_questions`."""
+        return self.gold_questions
 
     # --- questions ------------------------------------------------------------------------------------------
     @property
