@@ -1,4 +1,4 @@
-"""Losses against hand computations."""
+"""Losses against hand computations; the chunked log-probability against the full-logits one."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import math
 
 import pytest
 import torch
+from transformers.models.llama import LlamaForCausalLM
 
 from sapo.data.preference import IGNORE_INDEX
-from sapo.models.losses import log1mexp, orpo_loss, sequence_logprob
+from sapo.models import tiny_random_config
+from sapo.models.losses import chunked_labelled_logprob, log1mexp, orpo_loss, sequence_logprob
 
 
 def test_sequence_logprob_matches_hand_computation():
@@ -121,3 +123,121 @@ def test_sequence_logprob_passes_gradcheck_in_float64():
     logits = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([[IGNORE_INDEX, 0, 5, IGNORE_INDEX], [3, 2, 3, 4]])
     assert torch.autograd.gradcheck(lambda z: sequence_logprob(z, labels)[0], (logits,))
+
+
+def tiny_llama(vocab: int = 2048) -> LlamaForCausalLM:
+    """A seeded tiny Llama (2 layers, hidden 64) with tied embeddings, float32."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        return LlamaForCausalLM(tiny_random_config(vocab)).train()
+
+
+def tiny_batch(vocab: int, lengths=(12, 9, 14), prompts=(3, 9, 2), seed: int = 4):
+    """Right-padded ids, mask and labels; a row whose prompt fills it has no labelled token."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(vocab, (len(lengths), width), generator=generator)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for row, (length, prompt) in enumerate(zip(lengths, prompts, strict=True)):
+        mask[row, :length] = 1
+        labels[row, prompt:length] = ids[row, prompt:length]
+    return ids, mask, labels
+
+
+def full_and_chunked(model, ids, mask, labels, chunk_tokens):
+    """Both paths' (logp, counts) and each path's gradients of a weighted sum of logp, by parameter name."""
+    weights = torch.tensor([0.7, -1.3, 2.1])[: ids.shape[0]]
+    results = []
+    for chunked in (False, True):
+        model.zero_grad(set_to_none=True)
+        if chunked:
+            hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            logp, counts = chunked_labelled_logprob(
+                hidden, model.get_output_embeddings(), labels, chunk_tokens
+            )
+        else:
+            logp, counts = sequence_logprob(model(input_ids=ids, attention_mask=mask).logits, labels)
+        (logp * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logp.detach(), counts, grads))
+    return results
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 4, 7, 1000])
+def test_chunked_labelled_logprob_matches_full_logits_values_and_gradients(chunk_tokens):
+    # 9, 0 and 12 labelled tokens: chunks of 4 and 7 end mid-row, 1000 holds them all
+    model = tiny_llama()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
+    ids, mask, labels = tiny_batch(model.config.vocab_size)
+    (full, full_counts, full_grads), (chunked, counts, grads) = full_and_chunked(
+        model, ids, mask, labels, chunk_tokens
+    )
+    assert counts.tolist() == full_counts.tolist() == [9, 0, 12]
+    assert torch.allclose(chunked, full, rtol=1e-6, atol=1e-6)
+    assert chunked[1] == 0
+    assert grads.keys() == full_grads.keys() == dict(model.named_parameters()).keys()
+    for name, grad in grads.items():  # float32 rounding in another order, carried back through the layers
+        expected = full_grads[name]
+        assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()), name
+
+
+def test_chunked_labelled_logprob_without_labelled_tokens_still_backpropagates():
+    model = tiny_llama()
+    ids, mask, labels = tiny_batch(model.config.vocab_size, lengths=(5, 4), prompts=(5, 4))
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    logp, counts = chunked_labelled_logprob(hidden, model.get_output_embeddings(), labels, 4)
+    logp.sum().backward()
+    assert logp.tolist() == [0.0, 0.0] and counts.tolist() == [0, 0]
+
+
+def test_chunked_labelled_logprob_never_holds_the_logits_of_all_tokens():
+    """The full path makes [B, T, V] logits and saves the labelled rows' float32 logits [N, V] for backward;
+    the chunked path saves no vocabulary-wide tensor, and no tensor it makes, forward or backward, has more
+    than one chunk of rows of V values (the head weight's transpose [H, V] aside)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    chunk = 4
+    model = tiny_llama()
+    vocab, hidden_size = model.config.vocab_size, model.config.hidden_size
+    ids, mask, labels = tiny_batch(vocab, lengths=(40, 9, 50), prompts=(3, 9, 2))
+    labelled = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    assert labelled > hidden_size
+
+    def vocab_rows(t) -> int:
+        """Rows of ``t`` as rows of V values; 0 for tensors without a vocabulary dimension last."""
+        if not isinstance(t, torch.Tensor) or not t.dim() or t.shape[-1] != vocab:
+            return 0
+        return 0 if tuple(t.shape) == (hidden_size, vocab) else t.numel() // vocab
+
+    class MadeRows(TorchDispatchMode):
+        rows = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else (out,):
+                self.rows = max(self.rows, vocab_rows(t))
+            return out
+
+    def measure(chunked: bool) -> tuple[int, int]:
+        saved = [0]
+
+        def pack(t):
+            saved.append(vocab_rows(t))
+            return t
+
+        model.zero_grad(set_to_none=True)
+        with MadeRows() as made:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                if chunked:
+                    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+                    logp, _ = chunked_labelled_logprob(hidden, model.get_output_embeddings(), labels, chunk)
+                else:
+                    logp, _ = sequence_logprob(model(input_ids=ids, attention_mask=mask).logits, labels)
+            logp.sum().backward()
+        return max(saved), made.rows
+
+    full_saved, full_made = measure(chunked=False)
+    chunked_saved, chunked_made = measure(chunked=True)
+    assert (full_saved, full_made) == (labelled, ids.numel())  # the measure sees what the full path holds
+    assert (chunked_saved, chunked_made) == (0, chunk)

@@ -234,3 +234,67 @@ def test_save_pretrained_merges_lora_into_a_plain_checkpoint_and_keeps_the_adapt
     assert hasattr(module.model, "merge_and_unload")  # the module itself still trains its adapters
     adapter = module.save_pretrained(tmp_path / "adapter", merge_lora=False)
     assert (adapter / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full-checkpointed", "lora"])
+def test_sequence_logprob_from_labelled_chunks_matches_full_logits(sapo_cache_dir, monkeypatch, lora):
+    """The head on labelled positions only, 3 at a time (chunks end mid-row), against the full logits:
+    same log-probabilities and gradients, for full fine-tuning (with gradient checkpointing, as the demo
+    trains) and for LoRA adapters."""
+    from functools import partial
+
+    from sapo.models import reasoner as reasoner_module
+    from sapo.models.backbone import LoraSettings
+    from sapo.models.losses import chunked_labelled_logprob, sequence_logprob
+
+    spec = BackboneSpec(
+        TINY_RANDOM,
+        dtype="float32",
+        cache_dir=sapo_cache_dir,
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0) if lora else None,
+        gradient_checkpointing=not lora,
+    )
+    with torch.random.fork_rng(devices=[]):  # the same adapter initialisation every run
+        torch.manual_seed(0)
+        module = ORPOReasoner(spec)
+    with torch.no_grad():  # adapters off their zero start, so that lora_A gets a gradient too
+        for name, parameter in module.model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05)
+    assert reasoner_module.decoder_and_head(module.model) is not None
+    monkeypatch.setattr(
+        reasoner_module, "chunked_labelled_logprob", partial(chunked_labelled_logprob, chunk_tokens=3)
+    )
+    batch = crafted_batch(
+        [([7, 8, 9, 10, 11, 12, 13], 2), ([7, 8, 21, 22], 1)], [([7, 8, 9], 2)] * 2, [True] * 2
+    )
+    weights = torch.tensor([0.6, -1.4])
+    trainable = {n: p for n, p in module.model.named_parameters() if p.requires_grad}
+
+    def run(chunked: bool):
+        module.model.zero_grad(set_to_none=True)
+        if chunked:
+            logp = module.sequence_logprob(batch, "chosen")
+        else:
+            logits = module(batch["chosen_input_ids"], batch["chosen_attention_mask"])
+            logp, _ = sequence_logprob(logits, batch["chosen_labels"])
+        (logp * weights).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in trainable.items()}
+
+    (full, full_grads), (chunked, grads) = run(chunked=False), run(chunked=True)
+    assert torch.allclose(chunked, full, rtol=1e-6, atol=1e-6)
+    assert all(g.abs().max() > 0 for g in full_grads.values())
+    for name, grad in grads.items():  # float32 rounding in another order, carried back through the layers
+        expected = full_grads[name]
+        assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()), name
+
+
+def test_sequence_logprob_falls_back_to_full_logits_for_softcapped_models(reasoner):
+    from sapo.models.reasoner import decoder_and_head
+
+    batch = crafted_batch([([7, 8, 9, 10], 2)], [([7, 8, 9], 2)], [True])
+    expected = hand_logps(reasoner, batch, "chosen")
+    reasoner.model.config.final_logit_softcapping = 30.0  # Llama ignores it; Gemma-2 would cap its logits
+    assert decoder_and_head(reasoner.model) is None
+    with torch.no_grad():
+        assert reasoner.sequence_logprob(batch, "chosen").tolist() == pytest.approx(expected, rel=1e-5)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from sapo.data.preference import IGNORE_INDEX
 
-__all__ = ["sequence_logprob", "log1mexp", "orpo_loss"]
+__all__ = ["chunked_labelled_logprob", "sequence_logprob", "log1mexp", "orpo_loss"]
 
 #: elements per chunk of :class:`LabelledTokenLogprob`'s backward pass (2**24 float32 values: 64 MiB)
 BACKWARD_CHUNK_ELEMENTS = 2**24
+
+#: labelled positions per chunk of :func:`chunked_labelled_logprob`: 512 x 49152 float32 logits are 100 MB,
+#: and 512 rows still keep the head's matrix product efficient
+LOGPROB_CHUNK_TOKENS = 512
 
 
 class LabelledTokenLogprob(torch.autograd.Function):
@@ -42,13 +48,10 @@ class LabelledTokenLogprob(torch.autograd.Function):
         # boolean indexing copies, so ``selected`` is ours to overwrite; float32 at least (float64 stays)
         selected = logits[:, :-1][mask].to(torch.promote_types(logits.dtype, torch.float32))
         target = targets[mask].unsqueeze(1)
-        lse_all = selected.logsumexp(-1)
-        target_logit = selected.gather(1, target).squeeze(1)
-        others = selected.scatter_(1, target, float("-inf"))
-        lse_others = others.logsumexp(-1)
+        token_logp, others, lse_all, lse_others = _rows_logprob(selected, target)
         ctx.save_for_backward(others, target, mask, lse_all, lse_others)
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
-        return -F.softplus(lse_others - target_logit)
+        return token_logp
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
@@ -60,11 +63,57 @@ class LabelledTokenLogprob(torch.autograd.Function):
         rows = max(1, BACKWARD_CHUNK_ELEMENTS // max(1, others.shape[1]))
         for start in range(0, others.shape[0], rows):
             part = slice(start, start + rows)
-            # -softmax(z)_v * grad for v != y (exp(-inf) = 0 at y), then (1 - p(y)) * grad at y
-            chunk = (others[part] - lse_all[part].unsqueeze(1)).exp_().mul_(-grad[part].unsqueeze(1))
-            chunk.scatter_(1, target[part], (grad[part] * one_minus_p[part]).unsqueeze(1))
+            chunk = _rows_logprob_grad(
+                others[part], target[part], lse_all[part], one_minus_p[part], grad[part]
+            )
             grad_logits[batch_index[part], position[part]] = chunk.to(ctx.logits_dtype)
         return grad_logits, None, None
+
+
+def _rows_logprob(selected: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:class:`LabelledTokenLogprob`'s forward on rows ``selected`` [N, V] (float32 or wider, overwritten:
+    it becomes ``others``, the logits with the target's set to -inf) and ``target`` [N, 1]; returns
+    ``(log p [N], others, lse_all, lse_others)``."""
+    lse_all = selected.logsumexp(-1)
+    target_logit = selected.gather(1, target).squeeze(1)
+    others = selected.scatter_(1, target, float("-inf"))
+    lse_others = others.logsumexp(-1)
+    return -F.softplus(lse_others - target_logit), others, lse_all, lse_others
+
+
+def _rows_logprob_grad(
+    others: torch.Tensor,
+    target: torch.Tensor,
+    lse_all: torch.Tensor,
+    one_minus_p: torch.Tensor,
+    grad: torch.Tensor,
+) -> torch.Tensor:
+    """Gradient of :func:`_rows_logprob`'s ``log p`` w.r.t. its rows' logits, as a new tensor like ``others``."""
+    # -softmax(z)_v * grad for v != y (exp(-inf) = 0 at y), then (1 - p(y)) * grad at y
+    chunk = (others - lse_all.unsqueeze(1)).exp_().mul_(-grad.unsqueeze(1))
+    return chunk.scatter_(1, target, (grad * one_minus_p).unsqueeze(1))
+
+
+class _RowTokenLogprob(torch.autograd.Function):
+    """:class:`LabelledTokenLogprob` on logits already gathered to rows: ``logits`` [N, V], ``targets`` [N];
+    returns the N token log-probabilities, by the same arithmetic."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        # a copy in every case: _rows_logprob overwrites it, and the logits are the caller's
+        selected = logits.to(wide, copy=True)
+        target = targets.unsqueeze(1)
+        token_logp, others, lse_all, lse_others = _rows_logprob(selected, target)
+        ctx.save_for_backward(others, target, lse_all, lse_others)
+        ctx.logits_dtype = logits.dtype
+        return token_logp
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        others, target, lse_all, lse_others = ctx.saved_tensors
+        one_minus_p = (lse_others - lse_all).exp()
+        return _rows_logprob_grad(others, target, lse_all, one_minus_p, grad).to(ctx.logits_dtype), None
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,13 +128,55 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     mask = targets != IGNORE_INDEX
     # Only labelled positions go through the vocabulary-wide reduction: prompts and padding are most of a
     # batch, and the float32 copy of every position's logits is the largest tensor of a training step.
+    return _sequence_means(LabelledTokenLogprob.apply(logits, targets, mask), mask)
+
+
+def _sequence_means(token_logp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean of ``token_logp`` (row-major order of ``mask`` [B, T - 1]) and per-row token counts."""
     rows = mask.nonzero(as_tuple=True)[0]
-    token_logp = LabelledTokenLogprob.apply(logits, targets, mask)
     counts = mask.sum(-1)
-    summed = torch.zeros(labels.shape[0], dtype=token_logp.dtype, device=token_logp.device).index_add(
+    summed = torch.zeros(mask.shape[0], dtype=token_logp.dtype, device=token_logp.device).index_add(
         0, rows, token_logp
     )
     return summed / counts.clamp(min=1), counts
+
+
+def chunked_labelled_logprob(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    chunk_tokens: int = LOGPROB_CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logprob` of ``logits = head(hidden)`` without making the [B, T, V] logits.
+
+    ``hidden`` [B, T, H] are the last hidden states (after the final norm), ``head`` maps [n, H] to [n, V]
+    logits (the LM head module, so its hooks and adapters apply). The head runs only at the positions
+    whose next label is not ``IGNORE_INDEX``, ``chunk_tokens`` of them at a time, each chunk under
+    non-reentrant checkpointing: at most one chunk's [n, V] logits exist at once, in forward and in
+    backward, which recomputes them. Gradients reach ``hidden`` and the head's parameters (tied or not).
+    Returns ``(mean log-prob [B], token count [B])``, equal to ``sequence_logprob(head(hidden), labels)``:
+    ``log p`` is the same arithmetic as :class:`LabelledTokenLogprob`.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    selected, target = hidden[:, :-1][mask], targets[mask]  # [N, H], [N]
+
+    def chunk_logp(part: torch.Tensor, part_target: torch.Tensor) -> torch.Tensor:
+        return _RowTokenLogprob.apply(head(part), part_target)
+
+    # max(1, N): a batch with no labelled token still gets one (empty) chunk, so the result has a graph
+    parts = [
+        checkpoint(
+            chunk_logp,
+            selected[start : start + chunk_tokens],
+            target[start : start + chunk_tokens],
+            use_reentrant=False,
+        )
+        for start in range(0, max(1, selected.shape[0]), chunk_tokens)
+    ]
+    return _sequence_means(torch.cat(parts), mask)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:

@@ -11,14 +11,41 @@ import lightning as L
 import torch
 
 from sapo.models.backbone import BackboneSpec
-from sapo.models.losses import orpo_loss, sequence_logprob
+from sapo.models.losses import chunked_labelled_logprob, orpo_loss, sequence_logprob
 from sapo.models.schedule import adamw_with_linear_warmup_decay
 
-__all__ = ["ORPOReasoner", "PAIR_TERMS"]
+__all__ = ["ORPOReasoner", "PAIR_TERMS", "decoder_and_head"]
 
 #: logged terms that exist only for rows with a rejected side, so they are averaged over those rows; the
 #: others (``nll``, ``chosen_logp``) are averaged over every row of a batch
 PAIR_TERMS = ("or_loss", "log_odds_ratio", "rejected_logp", "reward_accuracy")
+
+#: transformers causal LMs whose logits are exactly ``lm_head(model(...).last_hidden_state)``: no logit
+#: scale or softcapping (subclasses are not included: they may change forward)
+HEAD_ON_HIDDEN_STATES = frozenset(
+    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+)
+
+
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The decoder (token ids to last hidden states, final norm included) and the LM head of ``model``,
+    a transformers causal LM or a peft LoRA model around one; ``None`` where logits are not just the head
+    applied to the decoder's output (other architectures, softcapping, prompt-learning adapters)."""
+    if hasattr(model, "get_base_model"):  # peft
+        peft_config = getattr(model, "active_peft_config", None)
+        if peft_config is None or getattr(peft_config, "is_prompt_learning", True):
+            return None
+        model = model.get_base_model()
+    cls = type(model)
+    if cls.__name__ not in HEAD_ON_HIDDEN_STATES or not cls.__module__.startswith("transformers."):
+        return None
+    config = model.config
+    if any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        return None
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder is None or head is None:
+        return None
+    return decoder, head
 
 
 class ORPOReasoner(L.LightningModule):
@@ -63,8 +90,20 @@ class ORPOReasoner(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def sequence_logprob(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
-        logits = self(batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"])
-        logp, _ = sequence_logprob(logits, batch[f"{side}_labels"])
+        """Token-averaged log-probability of each row's labelled tokens on ``side`` ("chosen"/"rejected").
+
+        Where the model is a plain decoder followed by its LM head (:func:`decoder_and_head`), the head runs
+        only at labelled positions, in chunks (:func:`chunked_labelled_logprob`); otherwise from the full
+        logits (:func:`sequence_logprob`). Both give the same values and gradients.
+        """
+        input_ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
+        parts = decoder_and_head(self.model)
+        if parts is None:
+            logp, _ = sequence_logprob(self(input_ids, mask), batch[f"{side}_labels"])
+            return logp
+        decoder, head = parts
+        hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logp, _ = chunked_labelled_logprob(hidden, head, batch[f"{side}_labels"])
         return logp
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
