@@ -73,6 +73,13 @@ def test_gold_solutions_split_the_questions_into_sft_gold_and_answer_only_ones(s
     data.trainer = type("Trainer", (), {"lightning_module": Module()})()
     data.setup("fit")
     assert [pair.question_id for pair in data.train_pairs] == [q.id for q in data.gold_questions]
+    # orpo.replay_gold: D_org's gold solutions join a round's pairs, but never twice
+    sampled = data.questions[12]
+    pair = PreferencePair(sampled.id, "p", ["1 + 1 = 2", "The answer is 2"], ["1 + 1 = 3"])
+    replayed = data.replayed_gold([pair], smollm2_tokenizer)
+    assert [p.question_id for p in replayed] == [q.id for q in data.gold_questions]
+    assert all(p.rejected is None for p in replayed) and replayed == data.train_pairs
+    assert data.replayed_gold(replayed[:3] + [pair], smollm2_tokenizer) == replayed[3:]
     with pytest.raises(ValueError, match="gold_solutions is 30, but the task has only 30 questions"):
         _ = SAPSDataModule(ArithmeticTask(split="train", num_questions=30), gold_solutions=30).questions
     with pytest.raises(ValueError, match="data.init_args.gold_solutions must be at least 1"):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sapo.data.datamodule import ItemsDataModule, SFTDataModule, pair_lengths
+from sapo.data.datamodule import ItemsDataModule, SFTDataModule, gold_pairs, pair_lengths
 from sapo.data.preference import PairCollator, PreferencePair
 from sapo.data.prm import PRMCollator, PRMExample
 from sapo.data.tasks.base import Question, Task
@@ -204,6 +204,13 @@ class SAPSDataModule(SFTDataModule):
         return ItemsDataModule(
             examples, collator, [len(e) for e in examples], self.batch_size, self.num_workers
         )
+
+    def replayed_gold(self, pairs: Sequence[PreferencePair], tokenizer: Any) -> list[PreferencePair]:
+        """The SFT rows of D_org (:attr:`gold_questions`' gold solutions) that ``pairs`` do not already hold
+        as chosen-only rows: what ``orpo.replay_gold`` adds to a round."""
+        present = {(p.question_id, tuple(p.chosen)) for p in pairs if p.rejected is None}
+        gold = gold_pairs(self.task, tokenizer, self.gold_questions)
+        return [p for p in gold if (p.question_id, tuple(p.chosen)) not in present]
 
     def pair_data(self, pairs: Sequence[PreferencePair], tokenizer: Any) -> ItemsDataModule:
         """An ORPO phase's data: ``pairs`` (rows without a rejected side train as SFT)."""

@@ -379,15 +379,16 @@ class SelfEvolution:
                 "previous": replace(self.reasoner_spec, name_or_path=str(previous)),
             }[self.orpo.init]
             module = self._reasoner_module(init, self.orpo.learning_rate, self.orpo.warmup_ratio)
+            replayed = self.data.replayed_gold(pairs, module.tokenizer) if self.orpo.replay_gold else []
             self._fit(
                 name,
                 module,
-                self.data.pair_data(pairs, module.tokenizer),
+                self.data.pair_data(pairs + replayed, module.tokenizer),
                 self.orpo.epochs,
                 max_steps=self.orpo.max_steps,
             )
             module.save_pretrained(folder)
-            return {"reasoner": str(folder), "pairs": len(pairs)}
+            return {"reasoner": str(folder), "pairs": len(pairs), "replayed_gold": len(replayed)}
 
         return Path(self._phase(name, work)["reasoner"])
 

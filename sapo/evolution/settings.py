@@ -212,6 +212,13 @@ class ORPOSettings:
     """λ of the odds-ratio term (ORPO's and SIPF's best value: 0.1)."""
     warmup_ratio: float = 0.1
     """Linear warm-up share of the schedule, then linear decay (SIPF: 0.1)."""
+    replay_gold: bool = False
+    """D_org's gold solutions join every round as chosen-only rows (their loss is the NLL alone), beside the
+    pairs. Off: the round trains on P_t alone, as in the paper, whose pairs cover every question, gold ones
+    included. On for a split run (``data.init_args.gold_solutions``): its pairs come only from answer-only
+    questions, so a round from ``base`` would never see D_org and would forget what SFT taught. A gold
+    solution already among the round's SFT rows (``pairs.source: gold``, or ``rft`` with
+    ``sampling.include_gold``) is not added twice."""
     max_steps: int | None = None
     """Optimizer steps per round; null: ``epochs`` passes over the round's pairs. Set it to compare arms at
     equal compute (every arm the steps one round of the method took, from its phase log): the round's data
