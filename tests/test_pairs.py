@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sapo.data.pairs import build_pairs, rft_pairs, trajectory_reward
+from sapo.data.pairs import build_pairs, rft_pairs, trajectory_reward, unpaired_correct
 from sapo.data.trajectory import Trajectory
 
 
@@ -160,6 +160,30 @@ def test_pairs_do_not_depend_on_other_questions_or_on_repeated_calls():
     mixed_scores = [[1.0], [0.5], [1.0], [0.0], [0.0], [0.0]]
     assert _names(build_pairs(mixed, mixed_scores)) == _names(alone)
     assert build_pairs(group, scores) == alone
+
+
+def test_unpaired_correct_adds_rfts_rows_that_no_pair_chose():
+    """A question with a single sample gives no pair but keeps its right sample as an SFT row; a right sample
+    beyond the pairs' chosen sides is kept; a chosen side (or the same solution written otherwise)
+    is not added again; wrong and unchecked samples never are."""
+    trajectories = [
+        Trajectory("q1", "one", ["x = 1", "The answer is 1"], outcome=True),
+        Trajectory("q1", "one", ["y = 1", "The answer is 1"], outcome=True),
+        Trajectory("q1", "one", ["X = 1", "the answer is  1"], outcome=True),  # the first, written otherwise
+        Trajectory("q1", "one", ["x = 2", "The answer is 2"], outcome=False),
+        Trajectory("q2", "two", ["a = 2", "The answer is 2"], outcome=True),  # alone: no pair
+        Trajectory("q3", "three", ["z = 3"], outcome=None),
+    ]
+    scores = [[0.9, 0.9], [0.5, 0.5], [0.8, 0.8], [0.1, 0.1], [0.7, 0.7], [0.5]]
+    pairs = build_pairs(trajectories, scores, margin=0.0, max_pairs_per_question=1)
+    assert [(p.question_id, p.chosen) for p in pairs] == [("q1", ["x = 1", "The answer is 1"])]
+    rows = unpaired_correct(trajectories, pairs, prompt={"q1": "P1", "q2": "P2", "q3": "P3"})
+    assert [(p.question_id, p.prompt, p.chosen) for p in rows] == [
+        ("q1", "P1", ["y = 1", "The answer is 1"]),
+        ("q2", "P2", ["a = 2", "The answer is 2"]),
+    ]
+    assert all(p.rejected is None and p.margin is None for p in rows)
+    assert unpaired_correct(trajectories, [], prompt=None) == rft_pairs(trajectories)
 
 
 def test_rft_pairs_are_distinct_correct_solutions_without_rejected_side():

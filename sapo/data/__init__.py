@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 from sapo.data.batching import LengthGroupedBatchSampler
-from sapo.data.pairs import build_pairs, rft_pairs, trajectory_reward
+from sapo.data.pairs import build_pairs, rft_pairs, trajectory_reward, unpaired_correct
 from sapo.data.prm import PRMCollator, PRMDataModule, PRMExample, read_labelled_trajectories, verifier_prompt
 
 __all__ += ["PRMCollator", "PRMDataModule", "PRMExample", "read_labelled_trajectories", "verifier_prompt"]
@@ -31,4 +31,5 @@ __all__ += [
     "build_pairs",
     "rft_pairs",
     "trajectory_reward",
+    "unpaired_correct",
 ]

@@ -218,3 +218,25 @@ def rft_pairs(
             PreferencePair(trajectory.question_id, prompt_of(trajectory, prompt), list(trajectory.steps))
         )
     return pairs
+
+
+def unpaired_correct(
+    trajectories: Sequence[Trajectory],
+    pairs: Sequence[PreferencePair],
+    prompt: PromptSource = None,
+    dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
+) -> list[PreferencePair]:
+    """SFT rows (no rejected side) of the distinct correct trajectories that no pair of ``pairs`` holds as
+    its chosen side: :func:`rft_pairs` less the chosen sides, compared by ``(question_id, dedup_key(τ))``.
+
+    With them a round trains on every correct solution RFT would, and adds the preference term where a
+    pair was found: a right sample that no pair chose (the only distinct sample of its question, a tie of
+    rewards, one beyond ``max_pairs_per_question``) is not lost.
+    """
+    key_of = {(t.question_id, tuple(t.steps)): dedup_key(t) for t in trajectories}
+    chosen = {(p.question_id, key_of.get((p.question_id, tuple(p.chosen)))) for p in pairs}
+    return [
+        row
+        for row in rft_pairs(trajectories, prompt=prompt, dedup_key=dedup_key)
+        if (row.question_id, key_of[(row.question_id, tuple(row.chosen))]) not in chosen
+    ]

@@ -49,7 +49,7 @@ import lightning as L
 import torch
 
 from sapo.data.datamodule import gold_pairs
-from sapo.data.pairs import build_pairs, rft_pairs
+from sapo.data.pairs import build_pairs, rft_pairs, unpaired_correct
 from sapo.data.preference import read_pairs
 from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
 from sapo.eval.processbench import evaluate_on_oracle
@@ -349,6 +349,10 @@ class SelfEvolution:
                     prompt=prompts,
                     dedup_key=self.data.task.dedup_key,
                 )
+                if self.pairs.add_unpaired_correct:
+                    pairs += unpaired_correct(
+                        candidates, pairs, prompt=prompts, dedup_key=self.data.task.dedup_key
+                    )
             write_jsonl(pairs, path)
             margins = [p.margin for p in pairs if p.margin is not None]
             return {
