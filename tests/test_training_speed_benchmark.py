@@ -1,0 +1,101 @@
+"""The training-speed benchmark (benchmarks/training_speed.py): its corrupted solutions against the task's
+exact oracle, its timing arithmetic on hand-built records, and sapo's two trainers run through the driver
+end to end on the tiny random model (the TRL side needs the benchmark's own environments, not CI's)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from sapo.data.tasks.arithmetic import ArithmeticTask
+from sapo.data.trajectory import Trajectory, prefix_labels
+from sapo.models import TINY_RANDOM, BackboneSpec
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))  # the driver imports its children's common module
+    try:
+        spec = importlib.util.spec_from_file_location("training_speed", BENCHMARKS / "training_speed.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_a_corrupted_solution_goes_wrong_exactly_at_the_changed_equation(bench):
+    """The rejected sides and the PRM's wrong trajectories claim their first error is the changed step:
+    the task's exact oracle must agree, for every equation of every question, and the answer must be wrong."""
+    task = ArithmeticTask(split="train", num_questions=60, seed=0)
+    rng = random.Random(0)
+    checked = 0
+    for question in task.load():
+        gold = task.split_steps(question.solution)
+        for error in range(len(gold) - 1):
+            steps = bench.corrupted_steps(gold, error, rng)
+            trajectory = Trajectory(question.id, question.question, steps, gold_answer=question.answer)
+            assert task.oracle_labels(trajectory, question) == prefix_labels(len(steps), error), steps
+            assert not task.is_correct(task.extract_answer(task.completion_text(steps)), question)
+            checked += 1
+    assert checked >= 120
+
+
+def test_the_timing_starts_after_the_warm_up_steps(bench):
+    records = {
+        "first_step_start": 0.0,
+        "global_step": 4,
+        "steps": [
+            {"end": 1.0, "tokens": 10, "positions": 20},
+            {"end": 2.0, "tokens": 20, "positions": 20},
+            {"end": 4.0, "tokens": 30, "positions": 40},
+            {"end": 7.0, "tokens": 40, "positions": 40},
+        ],
+    }
+    summary = bench.summarise(records, warmup=1)
+    # steps 2-4, from the end of step 1 (t = 1) to the end of step 4 (t = 7)
+    assert summary["timed_steps"] == 3
+    assert summary["timed_seconds"] == pytest.approx(6.0)
+    assert summary["tokens"] == 90
+    assert summary["tokens_per_second"] == pytest.approx(15.0)
+    assert summary["padding_share"] == pytest.approx(0.1)
+    assert summary["step_seconds"] == [1.0, 1.0, 2.0, 3.0]
+    no_warmup = bench.summarise(records, warmup=0)
+    assert no_warmup["timed_seconds"] == pytest.approx(7.0) and no_warmup["tokens"] == 100
+
+
+def test_sapo_trainers_run_through_the_driver(bench, tmp_path, sapo_cache_dir, monkeypatch):
+    """The driver prepares the data, runs sapo's ORPO and PRM children in their own processes and records
+    every step's tokens and each part of a step's memory; an absent TRL environment is an error entry that
+    names the script to run, not a crash."""
+    folder = tmp_path / "tiny"
+    model, tokenizer = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir).load()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "speed.json"
+    steps, batch = 3, 4  # --smoke: 3 steps on 24 rows
+    monkeypatch.setitem(bench.TRAINERS, "trl-orpo", ("orpo", "trl", tmp_path / "no-env" / "bin" / "python"))
+    only = "sapo-orpo,sapo-prm,trl-orpo"
+    bench.main(["--smoke", "--model", str(folder), "--batch-size", str(batch), "--threads", "1"]
+               + ["--out", str(out), "--only", only])  # fmt: skip
+    record = json.loads(out.read_text())
+    assert record["data"]["rows"] == 24 and record["data"]["prm_with_error"] == 12
+    for name in ("sapo-orpo", "sapo-prm"):
+        result = record["results"][name]
+        assert "error" not in result, result
+        assert result["global_step"] == steps and len(result["steps"]) == steps
+        assert result["timed_steps"] == steps - 2  # --warmup 2
+        assert all(0 < step["tokens"] <= step["positions"] for step in result["steps"])
+        assert result["tokens_per_second"] > 0
+        assert set(result["memory"]) == {"after_load", "forward", "backward", "optimizer_step"}
+        assert all(gib > 0 for gib in result["memory"].values())
+        assert result["peak_rss_gib"] == max(result["memory"].values())
+    assert "trl_envs.sh" in record["results"]["trl-orpo"]["error"]
+    assert "| sapo-orpo |" in record["table"] and "| trl-orpo |" in record["table"]
