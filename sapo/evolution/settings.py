@@ -188,8 +188,8 @@ class PairSettings:
     require_correct_chosen: bool = True
     """The chosen side must have a correct answer (sapo's default; false is the paper's score-only rule)."""
     add_unpaired_correct: bool = False
-    """Every distinct correct sample that is not the chosen side of a pair joins the round as an SFT row
-    (its loss the NLL alone). Off: the round trains on the pairs alone, as in the paper. Off, a right
+    """With ``source: verifier``: every distinct correct sample that is not the chosen side of a pair joins
+    the round as an SFT row (its loss the NLL alone). Off: the round trains on the pairs alone, as in the paper. Off, a right
     sample that no pair chose is never trained on: a question with one distinct sample, a tie of scores, the
     right samples beyond ``max_per_question``. On the demo (2026-12-02) the pairs chose 191 distinct right
     samples on 184 questions where RFT's rows held 312 on 287, and RFT ended 4 points above the method. On:
