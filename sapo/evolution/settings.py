@@ -189,11 +189,11 @@ class PairSettings:
     """The chosen side must have a correct answer (sapo's default; false is the paper's score-only rule)."""
     add_unpaired_correct: bool = False
     """With ``source: verifier``: every distinct correct sample that is not the chosen side of a pair joins
-    the round as an SFT row (its loss the NLL alone). Off: the round trains on the pairs alone, as in the paper. Off, a right
-    sample that no pair chose is never trained on: a question with one distinct sample, a tie of scores, the
-    right samples beyond ``max_per_question``. On the demo (2026-12-02) the pairs chose 191 distinct right
-    samples on 184 questions where RFT's rows held 312 on 287, and RFT ended 4 points above the method. On:
-    the method trains on RFT's rows and adds the preference term on its pairs."""
+    the round as an SFT row (its loss the NLL alone), so the method trains on RFT's rows and adds the
+    preference term on its pairs. Off (the paper): the round trains on the pairs alone, and a right sample
+    no pair chose is never trained on (a question's only distinct sample, a tie of scores, the right
+    samples beyond ``max_per_question``). On the demo (2026-12-02) the pairs chose 191 distinct right
+    samples on 184 questions where RFT's rows held 312 on 287, and RFT ended 4 points above the method."""
 
     def __post_init__(self) -> None:
         _choice("pairs", "source", self.source, PAIR_SOURCES)
