@@ -21,6 +21,7 @@ from _training_speed_common import report
 from torch.utils.data import DataLoader
 
 import sapo
+from sapo.callbacks import ReleaseFreedHeap
 from sapo.data.preference import PairCollator, read_pairs
 from sapo.data.prm import encode_labelled, read_labelled_trajectories
 from sapo.evolution.memory import PhaseMemory
@@ -93,7 +94,8 @@ def main(config_path: str) -> None:
         enable_model_summary=False,
         log_every_n_steps=max(1, config["steps"]),
         default_root_dir=config["output_dir"],
-        callbacks=[meter],
+        # the meter first: its step's peak is read before the heap is trimmed
+        callbacks=[meter, ReleaseFreedHeap()] if config.get("release_heap") else [meter],
     )
     trainer.fit(module, train_dataloaders=loader)
 

@@ -11,7 +11,9 @@ checkpoint folder with sapo's code and every child loads that folder), fully fin
 autocast (``--precision 32`` for CPUs without native bf16), gradient checkpointing on both sides (off with
 ``--no-gradient-checkpointing``), AdamW (``torch.optim.AdamW`` on both sides) with the same peak learning rate,
 no warm-up and a linear decay to 0, no weight decay, the same gradient clipping, batch size, number of steps and
-maximum length, gradient accumulation 1, no evaluation, no checkpoints, logging off.
+maximum length, gradient accumulation 1, no evaluation, no checkpoints, logging off. sapo's trainers hand the
+heap a step freed back after each step, as the loop's phases do (``sapo.callbacks.ReleaseFreedHeap``; off with
+``--no-release-heap``); TRL's run as shipped.
 
 Data, prepared once as JSONL files in a temporary folder: ``--rows`` questions of sapo's synthetic arithmetic
 task (train split). ORPO pairs: the chat-templated prompt sapo's collator uses, chosen = the gold steps, rejected
@@ -92,6 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bf16: float32 weights with bf16 autocast; 32: float32 throughout",
     )
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--release-heap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sapo's trainers hand freed heap back after each step (sapo.callbacks.ReleaseFreedHeap), as the "
+        "loop's phases do; TRL's run as shipped",
+    )
     parser.add_argument("--orpo-lr", type=float, default=DEFAULT_LEARNING_RATE["orpo"])
     parser.add_argument("--prm-lr", type=float, default=DEFAULT_LEARNING_RATE["prm"])
     parser.add_argument(
@@ -436,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
                 "max_grad_norm": args.max_grad_norm,
                 "precision": args.precision,
                 "gradient_checkpointing": args.gradient_checkpointing,
+                "release_heap": args.release_heap,
                 "threads": args.threads,
                 "seed": args.seed,
                 "separator": data["separator"],
@@ -456,7 +466,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{args.steps} steps ({args.warmup} warm-up, untimed) of {args.batch_size} rows, max_length "
         f"{args.max_length}, precision {args.precision}, gradient checkpointing "
-        f"{'on' if args.gradient_checkpointing else 'off'}, {args.threads} threads"
+        f"{'on' if args.gradient_checkpointing else 'off'}, sapo's heap release after each step "
+        f"{'on' if args.release_heap else 'off'}, {args.threads} threads"
     )
     print(table)
     for name, result in results.items():

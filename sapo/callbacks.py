@@ -1,18 +1,21 @@
-"""Lightning callbacks: measuring the reasoner while it trains, exporting it, and progress lines for logs."""
+"""Lightning callbacks: measuring the reasoner while it trains, exporting it, progress lines for logs, and
+handing freed heap memory back between steps."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 
 from sapo.data.tasks.base import Task
 from sapo.eval.reasoner import sample_and_check
 
-__all__ = ["ExportPretrained", "HeldOutAccuracy", "ProgressLines"]
+__all__ = ["ExportPretrained", "HeldOutAccuracy", "ProgressLines", "ReleaseFreedHeap", "trim_heap"]
 
 
 class HeldOutAccuracy(L.Callback):
@@ -134,3 +137,52 @@ class ProgressLines(L.Callback):
         share = f" ({100 * step / total:.0f}%)" if total and total != float("inf") else ""
         loss_text = f", loss {float(loss):.4f}" if loss is not None else ""
         print(f"[sapo] {self.name}: step {step}/{total}{share}{loss_text}, {rate:.2f} steps/s", flush=True)
+
+
+class ReleaseFreedHeap(L.Callback):
+    """Hands the heap memory freed in a training step back to the system every ``every_n_steps`` steps.
+
+    On Linux with glibc, most of a small model's activations and gradients (1-4 MiB blocks, under glibc's
+    mmap threshold once it has grown to 32 MiB) come from the heap; glibc keeps the freed blocks, and
+    because each step's blocks differ a little in size the heap fragments and the resident set grows with
+    the steps. ``malloc_trim(0)`` after a step returns every free page of it. Measured on SmolLM2-135M's
+    ORPO training (``benchmarks/training_speed.py``, 20 steps, 2 cores): peak resident 5.05 -> 3.75 GiB for
+    8% fewer tokens/s, within the spread of two runs. A no-op where glibc is absent (macOS, musl).
+
+    Args:
+        every_n_steps: the optimizer steps between two trims.
+    """
+
+    def __init__(self, every_n_steps: int = 1) -> None:
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._last_trimmed = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # with gradient accumulation several batches end at one global step: trim once per step
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_trimmed:
+            self._last_trimmed = step
+            trim_heap()
+
+
+def trim_heap() -> bool:
+    """glibc's ``malloc_trim(0)``: free heap pages go back to the system. Returns whether any did (False
+    also where there is no glibc)."""
+    return bool(_LIBC.malloc_trim(0)) if _LIBC is not None else False
+
+
+def _glibc() -> Any:
+    """glibc, for ``malloc_trim``; ``None`` elsewhere (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _glibc()

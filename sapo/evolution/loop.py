@@ -102,6 +102,10 @@ class SelfEvolution:
         pairs: the preference pairs.
         orpo: each round's ORPO.
         evaluation: the held-out evaluation after each iteration.
+        release_heap_every_n_steps: hand the heap that a training step freed back to the system every this
+            many steps (:class:`~sapo.callbacks.ReleaseFreedHeap`; 0: never). Not in the paper: without it
+            glibc's heap fragments and the resident set grows with the steps (ORPO on SmolLM2-135M: 5.05
+            GiB after 20 steps, 3.75 with a trim after each, at about the same speed).
     """
 
     def __init__(
@@ -117,9 +121,16 @@ class SelfEvolution:
         pairs: PairSettings = PairSettings(),
         orpo: ORPOSettings = ORPOSettings(),
         evaluation: EvaluationSettings = EvaluationSettings(),
+        release_heap_every_n_steps: int = 1,
     ) -> None:
         if iterations < 0:
             raise ValueError(f"model.init_args.iterations must be at least 0, got {iterations}")
+        if release_heap_every_n_steps < 0:
+            raise ValueError(
+                "model.init_args.release_heap_every_n_steps must be at least 0, got "
+                f"{release_heap_every_n_steps}"
+            )
+        self.release_heap_every_n_steps = release_heap_every_n_steps
         self.reasoner_spec = reasoner
         self.run_dir = Path(run_dir)
         self.iterations = iterations
@@ -565,7 +576,15 @@ class SelfEvolution:
         gradient_clip: float | None = None,
         max_steps: int | None = None,
     ) -> None:
-        trainer = phase_trainer(self.template, self.run_dir, phase, epochs, gradient_clip, max_steps)
+        trainer = phase_trainer(
+            self.template,
+            self.run_dir,
+            phase,
+            epochs,
+            gradient_clip,
+            max_steps,
+            self.release_heap_every_n_steps,
+        )
         try:
             trainer.fit(module, datamodule=data)
         finally:

@@ -12,7 +12,6 @@ figure is the process's peak since it started (``resource.getrusage``), and it s
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import resource
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from sapo.callbacks import trim_heap
 
 __all__ = ["PhaseMemory", "release_memory"]
 
@@ -86,21 +87,6 @@ def release_memory() -> None:
     the heap, and glibc keeps a freed heap for the process; ``malloc_trim`` hands it back to the system.
     """
     gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    trim_heap()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _glibc() -> Any:
-    """glibc, for ``malloc_trim``; ``None`` elsewhere (macOS, musl)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None
-
-
-_LIBC = _glibc()

@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from sapo.callbacks import ProgressLines
+from sapo.callbacks import ProgressLines, ReleaseFreedHeap
 
 __all__ = ["iteration_loggers", "phase_trainer"]
 
@@ -26,10 +26,15 @@ def phase_trainer(
     epochs: int,
     gradient_clip: float | None,
     max_steps: int | None = None,
+    release_heap_every_n_steps: int = 0,
 ) -> L.Trainer:
     """The trainer of one phase: ``epochs`` passes over its data, or exactly ``max_steps`` optimizer steps
-    (as many epochs as that takes); ``gradient_clip`` overrides the template's ``gradient_clip_val``."""
+    (as many epochs as that takes); ``gradient_clip`` overrides the template's ``gradient_clip_val``;
+    ``release_heap_every_n_steps`` adds :class:`~sapo.callbacks.ReleaseFreedHeap` (0: none)."""
     logs = run_dir / "logs" / "phases"
+    callbacks: list[L.Callback] = [ProgressLines(phase)] if ProgressLines.wanted() else []
+    if release_heap_every_n_steps:
+        callbacks.append(ReleaseFreedHeap(release_heap_every_n_steps))
     return L.Trainer(
         # the device type, not the accelerator object: given an object, Lightning sets mixed precision
         # up for CUDA, and on a CPU bf16-mixed would then run in float32
@@ -47,7 +52,7 @@ def phase_trainer(
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=template.progress_bar_callback is not None and not ProgressLines.wanted(),
-        callbacks=[ProgressLines(phase)] if ProgressLines.wanted() else None,
+        callbacks=callbacks,
         logger=[
             CSVLogger(logs, name=phase, version=""),
             TensorBoardLogger(logs, name=phase, version="", default_hp_metric=False),
