@@ -105,7 +105,7 @@ class SelfEvolution:
         release_heap_every_n_steps: hand the heap that a training step freed back to the system every this
             many steps (:class:`~sapo.callbacks.ReleaseFreedHeap`; 0: never). Not in the paper: without it
             glibc's heap fragments and the resident set grows with the steps (ORPO on SmolLM2-135M: 5.05
-            GiB after 20 steps, 3.75 with a trim after each, at about the same speed).
+            GiB after 20 steps, 3.83 with a trim after each, at the same speed).
     """
 
     def __init__(
