@@ -88,7 +88,8 @@ def test_release_freed_heap_trims_every_n_steps(monkeypatch, tmp_path):
     trainer.fit(Linear())
     assert steps == [1, 2, 3, 4] and trims == [2, 4]
     # gradient accumulation: four batches end at global steps 0, 1, 1, 2; one trim per optimizer step
-    steps.clear(), trims.clear()
+    steps.clear()
+    trims.clear()
     accumulating = L.Trainer(accelerator="cpu", devices=1, logger=False, accumulate_grad_batches=2)
     trainer = phase_trainer(
         accumulating, tmp_path, "sft", epochs=1, gradient_clip=None, release_heap_every_n_steps=1
