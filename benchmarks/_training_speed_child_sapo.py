@@ -95,7 +95,11 @@ def main(config_path: str) -> None:
         log_every_n_steps=max(1, config["steps"]),
         default_root_dir=config["output_dir"],
         # the meter first: its step's peak is read before the heap is trimmed
-        callbacks=[meter, ReleaseFreedHeap()] if config.get("release_heap") else [meter],
+        callbacks=(
+            [meter, ReleaseFreedHeap(free_gradients=config.get("free_gradients", True))]
+            if config.get("release_heap")
+            else [meter]
+        ),
     )
     trainer.fit(module, train_dataloaders=loader)
 

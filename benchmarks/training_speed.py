@@ -12,8 +12,9 @@ autocast (``--precision 32`` for CPUs without native bf16), gradient checkpointi
 ``--no-gradient-checkpointing``), AdamW (``torch.optim.AdamW`` on both sides) with the same peak learning rate,
 no warm-up and a linear decay to 0, no weight decay, the same gradient clipping, batch size, number of steps and
 maximum length, gradient accumulation 1, no evaluation, no checkpoints, logging off. sapo's trainers hand the
-heap a step freed back after each step, as the loop's phases do (``sapo.callbacks.ReleaseFreedHeap``; off with
-``--no-release-heap``); TRL's run as shipped.
+heap a step freed back after each step, and drop its gradients right after the optimizer step, as the loop's
+phases do (``sapo.callbacks.ReleaseFreedHeap``; off with ``--no-release-heap``, gradients kept until the next
+forward pass with ``--no-free-gradients``); TRL's run as shipped.
 
 Data, prepared once as JSONL files in a temporary folder: ``--rows`` questions of sapo's synthetic arithmetic
 task (train split). ORPO pairs: the chat-templated prompt sapo's collator uses, chosen = the gold steps, rejected
@@ -100,6 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="sapo's trainers hand freed heap back after each step (sapo.callbacks.ReleaseFreedHeap), as the "
         "loop's phases do; TRL's run as shipped",
+    )
+    parser.add_argument(
+        "--free-gradients",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --release-heap: sapo's trainers drop a step's gradients right after the optimizer step "
+        "(ReleaseFreedHeap's free_gradients), not after the next forward pass as Lightning does",
     )
     parser.add_argument("--orpo-lr", type=float, default=DEFAULT_LEARNING_RATE["orpo"])
     parser.add_argument("--prm-lr", type=float, default=DEFAULT_LEARNING_RATE["prm"])
@@ -446,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                 "precision": args.precision,
                 "gradient_checkpointing": args.gradient_checkpointing,
                 "release_heap": args.release_heap,
+                "free_gradients": args.free_gradients,
                 "threads": args.threads,
                 "seed": args.seed,
                 "separator": data["separator"],
@@ -467,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.steps} steps ({args.warmup} warm-up, untimed) of {args.batch_size} rows, max_length "
         f"{args.max_length}, precision {args.precision}, gradient checkpointing "
         f"{'on' if args.gradient_checkpointing else 'off'}, sapo's heap release after each step "
-        f"{'on' if args.release_heap else 'off'}, {args.threads} threads"
+        f"{'on' if args.release_heap else 'off'} (gradients dropped after the step: "
+        f"{'yes' if args.release_heap and args.free_gradients else 'no'}), {args.threads} threads"
     )
     print(table)
     for name, result in results.items():

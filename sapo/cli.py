@@ -32,6 +32,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from sapo.callbacks import bound_kernel_caches
 from sapo.data.trajectory import TrajectoryFormatError
 from sapo.eval.runners import Evaluation, metrics_table
 from sapo.evolution import SelfEvolution
@@ -325,6 +326,8 @@ def main(args: list[str] | None = None) -> int:
     """
     # Tokenizers' own thread pool fights the DataLoader's and the trainer's threads on a small machine.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # before any model runs: CPU kernel caches bounded, or they keep ~1 GiB across a loop's phases
+    bound_kernel_caches()
     debug = os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no", "off")
     if not debug:
         _quiet()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 from sapo.evolution.memory import PhaseMemory
@@ -106,3 +109,178 @@ def test_release_freed_heap_trims_every_n_steps(monkeypatch, tmp_path):
         assert "every_n_steps" in str(error)
     else:
         raise AssertionError("every_n_steps 0 was accepted")
+
+
+def test_release_freed_heap_drops_gradients_after_the_optimizer_step_only(tmp_path):
+    import lightning as L
+
+    from sapo.callbacks import ReleaseFreedHeap
+
+    class Linear(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return (self.layer(batch[0]) ** 2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+        def train_dataloader(self):
+            data = torch.arange(32, dtype=torch.float32).reshape(8, 4) / 32
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch_size=2)
+
+    class Grads(L.Callback):  # after ReleaseFreedHeap in the list, so it sees what that one left
+        def __init__(self):
+            self.before_step: list[bool] = []
+            self.batch_end: list[tuple[int, bool]] = []
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            self.before_step.append(module.layer.weight.grad is not None)
+
+        def on_train_batch_end(self, trainer, module, *args):
+            self.batch_end.append((trainer.global_step, module.layer.weight.grad is not None))
+
+    def train(free_gradients: bool, accumulate: int) -> tuple[Grads, torch.Tensor]:
+        grads = Grads()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            max_epochs=1,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accumulate_grad_batches=accumulate,
+            default_root_dir=tmp_path,
+            callbacks=[ReleaseFreedHeap(free_gradients=free_gradients), grads],
+        )
+        module = Linear()
+        trainer.fit(module)
+        return grads, module.layer.weight.detach().clone()
+
+    grads, dropped = train(True, 1)
+    assert grads.before_step == [True] * 4
+    assert grads.batch_end == [(1, False), (2, False), (3, False), (4, False)]
+    _, kept_weights = train(False, 1)
+    assert torch.equal(dropped, kept_weights)  # the next closure would have zeroed them anyway
+    # accumulation: the first batch of each pair ends before the step and keeps its gradients for the second
+    grads, accumulated = train(True, 2)
+    assert grads.batch_end == [(0, True), (1, False), (1, True), (2, False)]
+    kept, kept_accumulated = train(False, 2)
+    assert kept.batch_end == [(0, True), (1, True), (1, True), (2, True)]
+    assert torch.equal(accumulated, kept_accumulated)
+
+    # resumed mid-epoch from the checkpoint of step 1: its first batch accumulates towards step 2
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(free_gradients: bool, ckpt_path=None) -> tuple[Grads, torch.Tensor]:
+        grads = Grads()
+        checkpoints = ModelCheckpoint(tmp_path / "ckpt", "{step}", every_n_train_steps=1, save_top_k=-1)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            max_steps=4,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accumulate_grad_batches=2,
+            default_root_dir=tmp_path,
+            callbacks=[ReleaseFreedHeap(free_gradients=free_gradients), grads]
+            + ([checkpoints] if ckpt_path is None else []),
+        )
+        module = Linear()
+        trainer.fit(module, ckpt_path=ckpt_path)
+        return grads, module.layer.weight.detach().clone()
+
+    fit(True)  # writes the checkpoints
+    grads, resumed = fit(True, tmp_path / "ckpt" / "step=1.ckpt")
+    assert grads.batch_end[:2] == [(1, True), (2, False)]
+    assert torch.equal(resumed, fit(False, tmp_path / "ckpt" / "step=1.ckpt")[1])
+
+
+#: a fresh interpreter that builds one bfloat16 matrix-product kernel per shape, then prints the heap still
+#: in use (glibc's count of allocated bytes) once nothing of the products is left
+_KERNEL_CACHE_PROBE = """
+import ctypes, gc, sys
+if sys.argv[1] == "bounded":
+    from sapo.callbacks import bound_kernel_caches
+    bound_kernel_caches(8)
+import torch
+torch.set_num_threads(1)
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+weight = torch.randn(64, 64, dtype=torch.bfloat16)
+before = libc.mallinfo2().uordblks
+for rows in range(1, 201):
+    torch.randn(rows, 64, dtype=torch.bfloat16) @ weight
+gc.collect()
+print(libc.mallinfo2().uordblks - before)
+"""
+
+
+@pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    reason="bfloat16 matrix products go through oneDNN only on CPUs with native bfloat16",
+)
+def test_bounded_kernel_caches_keep_no_heap_for_old_shapes():
+    import subprocess
+    import sys
+
+    from sapo.callbacks import KERNEL_CACHE_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_CACHE_VARIABLES}
+    env["OMP_NUM_THREADS"] = "1"
+
+    def retained(mode: str) -> int:
+        result = subprocess.run(
+            [sys.executable, "-c", _KERNEL_CACHE_PROBE, mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(result.stdout.split()[-1])
+
+    default, bounded = retained("default"), retained("bounded")
+    # measured: 200 shapes keep about 100 MiB with the caches' own 1,024 entries, a few MiB with 8
+    assert default > 40 * 2**20
+    assert bounded < default / 4
+
+
+def test_bound_kernel_caches_keeps_what_the_environment_says(monkeypatch):
+    from sapo.callbacks import KERNEL_CACHE_CAPACITY, bound_kernel_caches
+
+    monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "2048")
+    assert bound_kernel_caches() == {
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "2048",
+        "LRU_CACHE_CAPACITY": str(KERNEL_CACHE_CAPACITY),
+    }
+    with pytest.raises(ValueError, match="capacity"):
+        bound_kernel_caches(0)
+
+
+def test_the_sapo_command_bounds_the_kernel_caches_first():
+    import subprocess
+    import sys
+
+    from sapo.callbacks import KERNEL_CACHE_CAPACITY, KERNEL_CACHE_VARIABLES
+
+    # in its own process: the command changes a process-wide jsonargparse setting
+    probe = (
+        "import os, sys\n"
+        "from sapo.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        f"print(' '.join(os.environ.get(name, '-') for name in {KERNEL_CACHE_VARIABLES!r}), file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_CACHE_VARIABLES}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stderr.split()[-2:] == [str(KERNEL_CACHE_CAPACITY)] * 2
