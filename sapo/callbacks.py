@@ -18,6 +18,7 @@ from sapo.eval.reasoner import sample_and_check
 
 __all__ = [
     "KERNEL_CACHE_CAPACITY",
+    "KERNEL_CACHE_VARIABLES",
     "ExportPretrained",
     "HeldOutAccuracy",
     "ProgressLines",
