@@ -143,22 +143,32 @@ def test_release_freed_heap_drops_gradients_after_the_optimizer_step_only(tmp_pa
         def on_train_batch_end(self, trainer, module, *args):
             self.batch_end.append((trainer.global_step, module.layer.weight.grad is not None))
 
-    def train(free_gradients: bool, accumulate: int) -> tuple[Grads, torch.Tensor]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def train(
+        free_gradients: bool, accumulate: int, max_steps: int = -1, ckpt_path=None, checkpoints: bool = False
+    ) -> tuple[Grads, torch.Tensor]:
         grads = Grads()
+        callbacks = [ReleaseFreedHeap(free_gradients=free_gradients), grads]
+        if checkpoints:
+            callbacks.append(
+                ModelCheckpoint(tmp_path / "ckpt", "{step}", every_n_train_steps=1, save_top_k=-1)
+            )
         trainer = L.Trainer(
             accelerator="cpu",
             devices=1,
             logger=False,
-            max_epochs=1,
-            enable_checkpointing=False,
+            max_epochs=1 if max_steps == -1 else -1,
+            max_steps=max_steps,
+            enable_checkpointing=checkpoints,
             enable_progress_bar=False,
             enable_model_summary=False,
             accumulate_grad_batches=accumulate,
             default_root_dir=tmp_path,
-            callbacks=[ReleaseFreedHeap(free_gradients=free_gradients), grads],
+            callbacks=callbacks,
         )
         module = Linear()
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=ckpt_path)
         return grads, module.layer.weight.detach().clone()
 
     grads, dropped = train(True, 1)
@@ -174,31 +184,11 @@ def test_release_freed_heap_drops_gradients_after_the_optimizer_step_only(tmp_pa
     assert torch.equal(accumulated, kept_accumulated)
 
     # resumed mid-epoch from the checkpoint of step 1: its first batch accumulates towards step 2
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    def fit(free_gradients: bool, ckpt_path=None) -> tuple[Grads, torch.Tensor]:
-        grads = Grads()
-        checkpoints = ModelCheckpoint(tmp_path / "ckpt", "{step}", every_n_train_steps=1, save_top_k=-1)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            max_steps=4,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accumulate_grad_batches=2,
-            default_root_dir=tmp_path,
-            callbacks=[ReleaseFreedHeap(free_gradients=free_gradients), grads]
-            + ([checkpoints] if ckpt_path is None else []),
-        )
-        module = Linear()
-        trainer.fit(module, ckpt_path=ckpt_path)
-        return grads, module.layer.weight.detach().clone()
-
-    fit(True)  # writes the checkpoints
-    grads, resumed = fit(True, tmp_path / "ckpt" / "step=1.ckpt")
+    train(True, 2, max_steps=4, checkpoints=True)
+    step1 = tmp_path / "ckpt" / "step=1.ckpt"
+    grads, resumed = train(True, 2, max_steps=4, ckpt_path=step1)
     assert grads.batch_end[:2] == [(1, True), (2, False)]
-    assert torch.equal(resumed, fit(False, tmp_path / "ckpt" / "step=1.ckpt")[1])
+    assert torch.equal(resumed, train(False, 2, max_steps=4, ckpt_path=step1)[1])
 
 
 #: a fresh interpreter that builds one bfloat16 matrix-product kernel per shape, then prints the heap still
