@@ -96,7 +96,13 @@ def main(config_path: str) -> None:
         default_root_dir=config["output_dir"],
         # the meter first: its step's peak is read before the heap is trimmed
         callbacks=(
-            [meter, ReleaseFreedHeap(free_gradients=config.get("free_gradients", True))]
+            [
+                meter,
+                ReleaseFreedHeap(
+                    every_n_steps=config.get("release_every_n_steps", 1),
+                    free_gradients=config.get("free_gradients", True),
+                ),
+            ]
             if config.get("release_heap")
             else [meter]
         ),

@@ -109,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --release-heap: sapo's trainers drop a step's gradients right after the optimizer step "
         "(ReleaseFreedHeap's free_gradients), not after the next forward pass as Lightning does",
     )
+    parser.add_argument(
+        "--release-every-n-steps",
+        type=int,
+        default=1,
+        help="with --release-heap: the optimizer steps between two trims (ReleaseFreedHeap's every_n_steps)",
+    )
     parser.add_argument("--orpo-lr", type=float, default=DEFAULT_LEARNING_RATE["orpo"])
     parser.add_argument("--prm-lr", type=float, default=DEFAULT_LEARNING_RATE["prm"])
     parser.add_argument(
@@ -455,6 +461,7 @@ def main(argv: list[str] | None = None) -> None:
                 "gradient_checkpointing": args.gradient_checkpointing,
                 "release_heap": args.release_heap,
                 "free_gradients": args.free_gradients,
+                "release_every_n_steps": args.release_every_n_steps,
                 "threads": args.threads,
                 "seed": args.seed,
                 "separator": data["separator"],
@@ -476,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.steps} steps ({args.warmup} warm-up, untimed) of {args.batch_size} rows, max_length "
         f"{args.max_length}, precision {args.precision}, gradient checkpointing "
         f"{'on' if args.gradient_checkpointing else 'off'}, sapo's heap release after each step "
-        f"{'on' if args.release_heap else 'off'} (gradients dropped after the step: "
+        f"{'on' if args.release_heap else 'off'} (every {args.release_every_n_steps} steps; gradients dropped "
+        "after the step: "
         f"{'yes' if args.release_heap and args.free_gradients else 'no'}), {args.threads} threads"
     )
     print(table)

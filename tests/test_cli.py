@@ -119,6 +119,7 @@ def _local_data_overrides(recipe: str) -> list[str]:
     loop = {
         "gsm8k_qwen2.5-0.5b.yaml": [str(gsm8k / "train.jsonl"), str(gsm8k / "test.jsonl")],
         "mbpp_qwen2.5-0.5b.yaml": [str(mbpp), str(mbpp)],
+        "verifier_gsm8k.yaml": [str(gsm8k / "train.jsonl"), str(gsm8k / "test.jsonl")],
     }
     if recipe in loop:
         train, heldout = loop[recipe]

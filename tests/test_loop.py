@@ -202,6 +202,17 @@ def test_the_run_directory_holds_every_phase_and_a_report(resumed_run):
     assert labels and all(len(t["labels"]) == len(t["steps"]) for t in labels)
     assert manifest["labels_1"]["strategy"] == "FirstErrorSupervision"
     assert manifest["labels_0"]["strategy"] == "BinarySearchSupervision"
+    # the labels against the arithmetic task's exact oracle, sampled trajectories and expansions apart
+    agreement = manifest["labels_1"]["labels_vs_oracle"]
+    expanded = [t for t in labels if t["label_source"].endswith("/expansion")]
+    assert agreement["sampled"]["trajectories"] == len(labels) - len(expanded)
+    assert agreement.get("expanded", {"trajectories": 0})["trajectories"] == len(expanded)
+    assert "expanded" in agreement or not expanded
+    sampled = agreement["sampled"]
+    assert sampled["earlier"] + sampled["later"] == round(
+        sampled["trajectories"] * (1 - sampled["first_error_accuracy"])
+    )
+    assert "| labels_1 | FirstErrorSupervision |" in (run_dir / "report.md").read_text()
     pairs = [json.loads(line) for line in (run_dir / "pairs_1.jsonl").read_text().splitlines()]
     assert len(pairs) == manifest["pairs_1"]["pairs"]
     for name in ("sft/reasoner", "iteration_1/reasoner", "iteration_2/reasoner", "verifier_2"):

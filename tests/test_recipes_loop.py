@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA
 
+from sapo.data.tasks.gsm8k import GSM8KTask
+from sapo.data.trajectory import first_error_of
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SAPO = Path(sys.executable).with_name("sapo")
 
@@ -89,3 +92,75 @@ def test_the_recipe_runs_end_to_end_on_the_packaged_model(recipe, tmp_path, sapo
     assert all(phases[p]["memory"]["peak_rss_gib"] > 0 for p in expected)
     assert (run_dir / "iteration_1" / "reasoner" / "config.json").is_file()
     assert "| 1 | " in (run_dir / "report.md").read_text()
+
+
+VERIFIER_SMOKE_SIZE = {
+    key: value
+    for key, value in SMOKE_SIZE.items()
+    if key != "model.init_args.iterations" and ".labelling.strategy." not in key
+}
+
+
+@pytest.mark.slow
+@pytest.mark.spread
+def test_the_gsm8k_verifier_recipe_and_its_processbench_rows(tmp_path, sapo_cache_dir):
+    """configs/verifier_gsm8k.yaml runs iteration 0 alone on the packaged model, and
+    benchmarks/gsm8k_verifier.py turns its held-out answers and the test references into oracle-labelled
+    ProcessBench rows scored by the run's verifier."""
+    train, test = SHARED_DATA / "gsm8k" / "train.jsonl", SHARED_DATA / "gsm8k" / "test.jsonl"
+    if not train.is_file():
+        pytest.fail(f"the shared benchmark files are missing: {train}")
+    run_dir = tmp_path / "run"
+    overrides = {
+        **VERIFIER_SMOKE_SIZE,
+        "model.init_args.evaluation.questions": "4",
+        "data.init_args.heldout_task.init_args.stop": "4",
+        "data.init_args.gold_solutions": "1",
+        "model.init_args.run_dir": str(run_dir),
+        "model.init_args.reasoner.cache_dir": sapo_cache_dir,
+        "trainer.default_root_dir": str(run_dir),
+        "data.init_args.task.init_args.source": str(train),
+        "data.init_args.heldout_task.init_args.source": str(test),
+    }
+    command = [str(SAPO), "fit", "--config", str(CONFIGS / "verifier_gsm8k.yaml")]
+    for key, value in overrides.items():
+        command += [f"--{key}", value]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
+    assert list(phases) == ["sft", "samples_0", "labels_0", "verifier_0", "eval_0"]
+    assert phases["labels_0"]["strategy"] == "BinarySearchSupervision"
+
+    out = tmp_path / "bench"
+    script = CONFIGS.parent / "benchmarks" / "gsm8k_verifier.py"
+    command = [sys.executable, str(script), "--run", str(run_dir), "--test", str(test), "--dtype", "float32"]
+    result = subprocess.run(
+        [*command, "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "gsm8k_verifier.json").read_text())
+    rows = [json.loads(line) for line in (out / "processbench_rows.jsonl").read_text().splitlines()]
+    answers = [r for r in rows if r["generator"] == "reasoner"]
+    references = [r for r in rows if r["generator"] == "reference"]
+    assert len(answers) == summary["answers"] and len(references) == summary["references"]
+    assert summary["references"] + summary["references_rejected_by_oracle"] == summary["questions"] == 4
+    assert all(r["label"] == -1 for r in references)  # kept only where the oracle calls every step right
+    # every answer row's label is the oracle's first error of that greedy answer
+    heldout = {
+        t["question_id"]: t for t in map(json.loads, (run_dir / "heldout_0.jsonl").read_text().splitlines())
+    }
+    task = GSM8KTask(source=str(test), split="test", stop=4)
+    by_id = {q.id: q for q in task.load()}
+    for row in answers:
+        question_id = row["id"].removesuffix("/reasoner")
+        assert row["steps"] == heldout[question_id]["steps"]
+        trajectory = task.trajectory(by_id[question_id], heldout[question_id]["meta"]["completion"])
+        assert row["label"] == first_error_of(task.oracle_labels(trajectory, by_id[question_id]))
+    chosen = summary["threshold_chosen"]
+    first_half = set(chosen["chosen_on_questions"])
+    assert len(first_half) == 2
+    evaluated = [r for r in rows if r["id"].rsplit("/", 1)[0] not in first_half]
+    scores = chosen["sets"]["answers + references"]
+    assert scores["num_error"] + scores["num_correct"] == len(evaluated)
+    assert scores["num_correct"] == len([r for r in evaluated if r["label"] == -1])

@@ -1,6 +1,7 @@
 """Evaluation metrics."""
 
 from sapo.eval.best_of_n import AGGREGATES, BestOfNTable, best_of_n_table, majority_vote, weighted_vote
+from sapo.eval.labels import LabelAgreement, label_agreement
 from sapo.eval.pass_at_k import mean_pass_at_k, pass_at_k
 from sapo.eval.processbench import (
     FirstErrorScores,
@@ -24,11 +25,13 @@ __all__ = [
     "BestOfNTable",
     "EvalResult",
     "FirstErrorScores",
+    "LabelAgreement",
     "VerifierEvaluation",
     "best_of_n_table",
     "evaluate_on_oracle",
     "evaluate_processbench",
     "evaluate_reasoner",
+    "label_agreement",
     "paired_difference",
     "majority_vote",
     "mean_pass_at_k",

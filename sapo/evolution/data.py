@@ -19,6 +19,7 @@ from sapo.data.preference import PairCollator, PreferencePair
 from sapo.data.prm import PRMCollator, PRMExample
 from sapo.data.tasks.base import Question, Task
 from sapo.data.trajectory import Cost, Trajectory
+from sapo.eval.labels import label_agreement
 from sapo.rollout import derive_seed
 
 __all__ = ["LabelledData", "SAPSDataModule", "TaskPrompts"]
@@ -46,6 +47,20 @@ class LabelledData:
             self.dropped + other.dropped,
             self.cost + other.cost,
         )
+
+    def against_oracle(
+        self, task: Task, questions: Sequence[Question], gold: Sequence[Trajectory] = ()
+    ) -> dict[str, Any]:
+        """The labels of the sampled trajectories and of the expansions, apart, against ``task``'s oracle
+        (:func:`~sapo.eval.labels.label_agreement`); the ``gold`` solutions, right by construction, left out."""
+        skip = {(g.question_id, tuple(g.steps)) for g in gold}
+        by_id = {q.id: q for q in questions}
+        parts = {
+            "sampled": [t for t in self.labelled if (t.question_id, tuple(t.steps)) not in skip],
+            "expanded": self.expanded,
+        }
+        agreement = {name: label_agreement(task, part, by_id) for name, part in parts.items()}
+        return {name: a.to_dict() for name, a in agreement.items() if a is not None}
 
     def stats(self) -> dict[str, Any]:
         wrong = [t for t in self.labelled + self.dropped if t.outcome is False]

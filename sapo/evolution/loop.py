@@ -298,7 +298,11 @@ class SelfEvolution:
             write_jsonl(result.trajectories, self.run_dir / f"labels_{t}.jsonl")
             write_jsonl(result.dropped, self.run_dir / f"dropped_{t}.jsonl")
             del model, scorer
-            return {"strategy": type(strategy).__name__, **result.stats()}
+            summary = {"strategy": type(strategy).__name__, **result.stats()}
+            if self.data.task.has_oracle:
+                gold = [s for s in subset if s.label_source == "gold"]
+                summary["labels_vs_oracle"] = result.against_oracle(self.data.task, self.data.questions, gold)
+            return summary
 
         self._phase(name, work, strategy=type(strategy).__name__, trajectories=len(subset))
         return label(None, None)  # every chunk is on disk now: read back

@@ -25,6 +25,17 @@ def _fmt(value: Any, percent: bool = False) -> str:
     return str(value)
 
 
+def _agreement(entry: dict[str, Any], part: str) -> str:
+    """A labelling phase's labels against the oracle, for one part (sampled trajectories, expansions)."""
+    agreement = (entry.get("labels_vs_oracle") or {}).get(part)
+    if agreement is None:
+        return "–"
+    return (
+        f"{agreement['first_error_accuracy']:.3f} of {agreement['trajectories']} "
+        f"({agreement['earlier']} earlier, {agreement['later']} later)"
+    )
+
+
 def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> None:
     """Write ``report.md`` (and ``accuracy.png``, ``verifier.png``, ``label_cost.png``) in the run dir."""
     phases = run.manifest["phases"]
@@ -111,8 +122,13 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
         "",
         "## Labelling, per phase",
         "",
-        "| phase | strategy | labelled | expanded | dropped | completions | generated tokens | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "Labels vs oracle: the share of labelled trajectories whose first labelled error is the oracle's first",
+        "wrong step (gold solutions left out); earlier: a right step labelled wrong; later: a wrong step",
+        "labelled right.",
+        "",
+        "| phase | strategy | labelled | expanded | dropped | completions | generated tokens "
+        "| labels vs oracle: sampled | expanded | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     label_rows = []
     for name, entry in phases.items():
@@ -123,7 +139,7 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
         lines.append(
             f"| {name} | {entry.get('strategy', '?')} | {entry.get('labelled')} | {entry.get('expanded')} "
             f"| {entry.get('dropped')} | {cost.get('completions', 0)} | {cost.get('generated_tokens', 0)} "
-            f"| {cost.get('seconds', 0):.1f} |"
+            f"| {_agreement(entry, 'sampled')} | {_agreement(entry, 'expanded')} | {cost.get('seconds', 0):.1f} |"
         )
     peaks = [e["memory"]["peak_rss_gib"] for e in phases.values() if "peak_rss_gib" in e.get("memory", {})]
     lines += ["", "## Phases", ""]

@@ -1,0 +1,57 @@
+"""Step labels against a task's oracle: first-error accuracy, and which way the disagreements go."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sapo.data.tasks.arithmetic import ArithmeticTask
+from sapo.data.trajectory import Trajectory, prefix_labels
+from sapo.eval import label_agreement
+
+
+@pytest.fixture(scope="module")
+def task_and_question():
+    task = ArithmeticTask(split="train", num_questions=4, min_steps=3, max_steps=3)
+    return task, task.load()[0]
+
+
+def _labelled(task, question, first_error):
+    """The gold solution with its second equation's result changed (the oracle's first error: step 1),
+    labelled as if the first error were ``first_error``."""
+    gold = task.gold_trajectory(question)
+    steps = list(gold.steps)
+    left, _ = steps[1].rsplit("=", 1)
+    steps[1] = f"{left}= 99999"
+    wrong = dataclasses.replace(gold, steps=steps)
+    return dataclasses.replace(wrong, labels=prefix_labels(len(steps), first_error))
+
+
+def test_agreement_counts_earlier_and_later_first_errors(task_and_question):
+    task, question = task_and_question
+    assert task.oracle_labels(_labelled(task, question, 1), question)[:2] == [1.0, 0.0]
+    steps = task.gold_trajectory(question).num_steps
+    trajectories = [
+        _labelled(task, question, 1),  # the oracle's first error
+        _labelled(task, question, 0),  # a right step labelled wrong
+        _labelled(task, question, 2),  # the wrong step labelled right
+        _labelled(task, question, -1),  # no error at all: later
+    ]
+    gold = task.gold_trajectory(question)
+    trajectories.append(dataclasses.replace(gold, labels=prefix_labels(steps, 0)))  # all right, called wrong
+    agreement = label_agreement(task, trajectories, {question.id: question})
+    assert agreement.trajectories == 5
+    assert agreement.first_error_accuracy == pytest.approx(1 / 5)
+    assert (agreement.earlier, agreement.later) == (2, 2)
+    # 3 equations and the answer line; oracle [1, 0, 0, 0] for the changed solution, all 1 for the gold one:
+    # 4 + 3 + 3 + 1 + 0 of 20 step labels agree
+    assert steps == 4
+    assert agreement.step_accuracy == pytest.approx(11 / 20)
+
+
+def test_agreement_needs_labels_and_an_oracle(task_and_question):
+    task, question = task_and_question
+    assert label_agreement(task, [], {question.id: question}) is None
+    with pytest.raises(ValueError, match="trajectory 0 .* has no labels"):
+        label_agreement(task, [Trajectory(question.id, question.question, ["1 + 1 = 2"])], {})
