@@ -55,6 +55,26 @@ SMOKE_SIZE = {
 }
 
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _fit(recipe: str, size: dict[str, str], run_dir: Path, cache: str, train: Path, test: Path) -> None:
+    """``sapo fit`` on ``recipe`` at ``size``, the run in ``run_dir``, data from the local files."""
+    overrides = {
+        **size,
+        "model.init_args.run_dir": str(run_dir),
+        "model.init_args.reasoner.cache_dir": cache,
+        "trainer.default_root_dir": str(run_dir),
+        "data.init_args.task.init_args.source": str(train),
+        "data.init_args.heldout_task.init_args.source": str(test),
+    }
+    command = [str(SAPO), "fit", "--config", str(CONFIGS / recipe)]
+    for key, value in overrides.items():
+        command += [f"--{key}", value]
+    result = subprocess.run(command, cwd=run_dir.parent, env=ENV, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.spread
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -63,20 +83,7 @@ def test_the_recipe_runs_end_to_end_on_the_packaged_model(recipe, tmp_path, sapo
     if not train.is_file():
         pytest.fail(f"the shared benchmark files are missing: {train}")
     run_dir = tmp_path / "run"
-    overrides = {
-        **SMOKE_SIZE,
-        "model.init_args.run_dir": str(run_dir),
-        "model.init_args.reasoner.cache_dir": sapo_cache_dir,
-        "trainer.default_root_dir": str(run_dir),
-        "data.init_args.task.init_args.source": str(train),
-        "data.init_args.heldout_task.init_args.source": str(test),
-    }
-    command = [str(SAPO), "fit", "--config", str(CONFIGS / recipe)]
-    for key, value in overrides.items():
-        command += [f"--{key}", value]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _fit(recipe, SMOKE_SIZE, run_dir, sapo_cache_dir, train, test)
 
     phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
     expected = ["sft", "samples_0", "labels_0", "verifier_0", "eval_0"]
@@ -111,23 +118,13 @@ def test_the_gsm8k_verifier_recipe_and_its_processbench_rows(tmp_path, sapo_cach
     if not train.is_file():
         pytest.fail(f"the shared benchmark files are missing: {train}")
     run_dir = tmp_path / "run"
-    overrides = {
+    size = {
         **VERIFIER_SMOKE_SIZE,
         "model.init_args.evaluation.questions": "4",
         "data.init_args.heldout_task.init_args.stop": "4",
         "data.init_args.gold_solutions": "1",
-        "model.init_args.run_dir": str(run_dir),
-        "model.init_args.reasoner.cache_dir": sapo_cache_dir,
-        "trainer.default_root_dir": str(run_dir),
-        "data.init_args.task.init_args.source": str(train),
-        "data.init_args.heldout_task.init_args.source": str(test),
     }
-    command = [str(SAPO), "fit", "--config", str(CONFIGS / "verifier_gsm8k.yaml")]
-    for key, value in overrides.items():
-        command += [f"--{key}", value]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _fit("verifier_gsm8k.yaml", size, run_dir, sapo_cache_dir, train, test)
     phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
     assert list(phases) == ["sft", "samples_0", "labels_0", "verifier_0", "eval_0"]
     assert phases["labels_0"]["strategy"] == "BinarySearchSupervision"
@@ -136,7 +133,7 @@ def test_the_gsm8k_verifier_recipe_and_its_processbench_rows(tmp_path, sapo_cach
     script = CONFIGS.parent / "benchmarks" / "gsm8k_verifier.py"
     command = [sys.executable, str(script), "--run", str(run_dir), "--test", str(test), "--dtype", "float32"]
     result = subprocess.run(
-        [*command, "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [*command, "--out", str(out)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "gsm8k_verifier.json").read_text())
