@@ -36,11 +36,12 @@ from typing import Any
 import torch
 
 from sapo.data.tasks.gsm8k import GSM8KTask
-from sapo.data.trajectory import read_jsonl, to_processbench
-from sapo.eval.processbench import evaluate_on_oracle
+from sapo.data.trajectory import NO_ERROR, read_jsonl, to_processbench
+from sapo.eval.processbench import FirstErrorScores, first_error_scores, score_trajectories
 from sapo.evolution.data import TaskPrompts
 from sapo.models.backbone import load_tokenizer
 from sapo.models.verifier import PRMVerifier
+from sapo.models.verifier_metrics import choose_threshold
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -100,15 +101,11 @@ def main() -> None:
     questions = [by_id[i] for i in order]
     answers = [t for t in heldout if t.steps]  # an answer without steps has nothing to score
 
-    references, rejected = [], 0
-    for question in questions:
-        reference = task.gold_trajectory(question)
-        if min(task.oracle_labels(reference, question)) < 1:
-            rejected += 1  # the oracle misjudges this reference: it would be a wrong "no error" row
-        else:
-            references.append(reference)
     answers = oracle_labelled(task, answers, by_id)
-    references = oracle_labelled(task, references, by_id)
+    labelled = oracle_labelled(task, [task.gold_trajectory(q) for q in questions], by_id)
+    # a reference the oracle misjudges would be a wrong "no error" row: left out, counted
+    references = [r for r in labelled if r.first_error == NO_ERROR]
+    rejected = len(labelled) - len(references)
 
     reasoner = settings["reasoner"]
     tokenizer = load_tokenizer(reasoner["name_or_path"], cache_dir=reasoner.get("cache_dir"))
@@ -121,16 +118,20 @@ def main() -> None:
     half = set(order[: len(order) // 2])
     sets = {"answers": answers, "references": references, "answers + references": answers + references}
     dev = [t for t in sets["answers + references"] if t.question_id in half]
-    results: dict[str, Any] = {"chosen": {}, "run_threshold": {}}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-        for name, rows in sets.items():
-            held = [t for t in rows if t.question_id not in half]
-            results["chosen"][name] = evaluate_on_oracle(
-                verifier, task, held, questions=questions, threshold_trajectories=dev
-            )
-            results["run_threshold"][name] = evaluate_on_oracle(
-                verifier, task, rows, questions=questions, threshold=threshold
-            )
+        scored = answers + references  # every row scored once; each set and τ reads these scores
+        scores = dict(zip(map(id, scored), score_trajectories(verifier, scored, "rows"), strict=True))
+
+    def evaluate(name: str, rows: list, tau: float) -> FirstErrorScores:
+        return first_error_scores(name, rows, [scores[id(t)] for t in rows], tau)
+
+    chosen_tau, _ = choose_threshold([scores[id(t)] for t in dev], [t.first_error for t in dev])
+    results: dict[str, dict[str, FirstErrorScores]] = {
+        "chosen": {
+            n: evaluate(n, [t for t in r if t.question_id not in half], chosen_tau) for n, r in sets.items()
+        },
+        "run_threshold": {n: evaluate(n, r, threshold) for n, r in sets.items()},
+    }
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,6 @@ def main() -> None:
                 row = {**to_processbench(t), "id": f"{t.question_id}/{generator}", "generator": generator}
                 f.write(json.dumps(row) + "\n")
 
-    chosen = next(iter(results["chosen"].values()))
     summary = {
         "date": date.today().isoformat(),
         "command": "python benchmarks/gsm8k_verifier.py "
@@ -154,16 +154,16 @@ def main() -> None:
         "references": len(references),
         "references_rejected_by_oracle": rejected,
         "threshold_chosen": {
-            "tau": chosen.threshold,
+            "tau": float(chosen_tau),
             "chosen_on": f"answers + references of the first {len(half)} questions",
             "chosen_on_questions": order[: len(half)],
             "evaluated_on": f"the other {len(order) - len(half)} questions",
-            "sets": {name: ev.sets[task.name].to_dict() for name, ev in results["chosen"].items()},
+            "sets": {name: scores.to_dict() for name, scores in results["chosen"].items()},
         },
         "threshold_of_the_run": {
             "tau": threshold,
             "evaluated_on": f"all {len(order)} questions",
-            "sets": {name: ev.sets[task.name].to_dict() for name, ev in results["run_threshold"].items()},
+            "sets": {name: scores.to_dict() for name, scores in results["run_threshold"].items()},
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -175,16 +175,16 @@ def main() -> None:
         f"{len(references)} reference solutions the oracle calls all-correct ({rejected} it does not, left "
         f"out). {summary['date']}, {summary['machine']['processor']}, torch {summary['machine']['torch']}.",
         "",
-        f"τ = {chosen.threshold:.3f}, chosen by best F1 on {summary['threshold_chosen']['chosen_on']}; scores "
+        f"τ = {chosen_tau:.3f}, chosen by best F1 on {summary['threshold_chosen']['chosen_on']}; scores "
         f"on {summary['threshold_chosen']['evaluated_on']}:",
         "",
         HEADER,
-        *(scores_row(name, ev.sets[task.name]) for name, ev in results["chosen"].items()),
+        *(scores_row(name, scores) for name, scores in results["chosen"].items()),
         "",
         f"τ = {threshold} (the run's), all {len(order)} questions:",
         "",
         HEADER,
-        *(scores_row(name, ev.sets[task.name]) for name, ev in results["run_threshold"].items()),
+        *(scores_row(name, scores) for name, scores in results["run_threshold"].items()),
         "",
         f"Command: `{summary['command']}` ({summary['seconds']} s).",
     ]

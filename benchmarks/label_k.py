@@ -3,7 +3,7 @@
 Takes the sampled trajectories that a run's ``labels_<t>`` phase labelled (its input: the gold solutions
 and the expansions left out, the labels dropped), and labels them again with the run's strategy at each
 ``--k``, from the same reasoner (``M_{t-1}``) and verifier (``V_{t-1}``), at the run's sampling settings.
-Every result is scored against the task's exact oracle (:func:`sapo.eval.label_agreement`), beside what it
+Every result is scored against the task's exact oracle (:func:`sapo.eval.label_agreement`, through ``LabelledData.against_oracle``), beside what it
 cost. The point: under the hard rule an estimate is 0 when all k completions from a prefix fail, and a weak
 reasoner fails often from right prefixes too, so small k labels right steps wrong.
 
@@ -21,11 +21,10 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from labels_vs_oracle import build_task  # the sibling script: the task from a manifest
+from labels_vs_oracle import run_task, split_labels  # the sibling script: a run's task and labels
 
 from sapo.data.trajectory import read_jsonl
-from sapo.eval import label_agreement
-from sapo.evolution.data import TaskPrompts
+from sapo.evolution.data import LabelledData, TaskPrompts
 from sapo.models.backbone import BackboneSpec
 from sapo.models.verifier import PRMVerifier
 from sapo.rollout import Sampler, TaskRolloutSampler
@@ -51,18 +50,16 @@ def main() -> None:
     run = Path(args.run)
     manifest = json.loads((run / "manifest.json").read_text())
     settings = manifest["settings"]["model"]["init_args"]
-    data = manifest["settings"]["data"]["init_args"]
-    task = build_task(data["task"])
-    questions = task.load()
+    task, questions, gold = run_task(manifest)
     by_id = {q.id: q for q in questions}
-    gold = {q.id: tuple(task.gold_trajectory(q).steps) for q in questions[: data.get("gold_solutions")]}
+    skip = {(g.question_id, tuple(g.steps)) for g in gold}
     labelled = read_jsonl(run / f"labels_{args.phase}.jsonl") + read_jsonl(
         run / f"dropped_{args.phase}.jsonl"
     )
     inputs = [
         dataclasses.replace(t, labels=None, label_source=None, meta={})
-        for t in labelled
-        if not (t.label_source or "").endswith("/expansion") and gold.get(t.question_id) != tuple(t.steps)
+        for t in split_labels(labelled).labelled
+        if (t.question_id, tuple(t.steps)) not in skip
     ]
     reasoner = run / ("sft/reasoner" if args.phase == 1 else f"iteration_{args.phase - 1}/reasoner")
     verifier_dir = run / f"verifier_{args.phase - 1}"
@@ -98,15 +95,14 @@ def main() -> None:
             started = time.perf_counter()
             out = strategy.label(inputs, TaskRolloutSampler(sampler, task, by_id), verifier)
             seconds = time.perf_counter() - started
-            sampled = label_agreement(task, out.labelled, by_id)
-            expanded = label_agreement(task, out.expanded, by_id)
+            agreement = LabelledData(out.labelled, out.expanded).against_oracle(task, questions)
             row = {
                 "k": k,
                 "labelled": len(out.labelled),
                 "expanded": len(out.expanded),
                 "dropped": len(out.dropped),
-                "sampled": None if sampled is None else sampled.to_dict(),
-                "expansions": None if expanded is None else expanded.to_dict(),
+                "sampled": agreement.get("sampled"),
+                "expansions": agreement.get("expanded"),
                 "completions": out.cost.completions,
                 "generated_tokens": out.cost.generated_tokens,
                 "seconds": round(seconds, 1),

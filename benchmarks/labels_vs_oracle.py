@@ -16,14 +16,36 @@ import importlib
 import json
 from pathlib import Path
 
-from sapo.data.trajectory import read_jsonl
-from sapo.eval import label_agreement
+from sapo.data.trajectory import Trajectory, read_jsonl
+from sapo.evolution.data import LabelledData
 
 
 def build_task(spec: dict):
     """The task a manifest's ``class_path`` / ``init_args`` describe."""
     module, name = spec["class_path"].rsplit(".", 1)
     return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+
+
+def run_task(manifest: dict, source: str | None = None) -> tuple:
+    """A run's training task (with another ``source`` if given), its questions, and the gold trajectories
+    of D_org: the first ``gold_solutions`` questions keep their gold solution (null: every question)."""
+    data = manifest["settings"]["data"]["init_args"]
+    spec = data["task"]
+    if source:
+        spec = {**spec, "init_args": {**spec.get("init_args", {}), "source": source}}
+    task = build_task(spec)
+    questions = task.load()
+    gold = [task.gold_trajectory(q) for q in questions[: data.get("gold_solutions")] if q.solution]
+    return task, questions, gold
+
+
+def split_labels(trajectories: list[Trajectory]) -> LabelledData:
+    """A ``labels_<t>.jsonl`` file's trajectories as the phase made them: its inputs, then its expansions."""
+    expansion = [(t.label_source or "").endswith("/expansion") for t in trajectories]
+    return LabelledData(
+        labelled=[t for t, e in zip(trajectories, expansion, strict=True) if not e],
+        expanded=[t for t, e in zip(trajectories, expansion, strict=True) if e],
+    )
 
 
 def main() -> None:
@@ -37,37 +59,19 @@ def main() -> None:
     args = parser.parse_args()
     run = Path(args.run)
     manifest = json.loads((run / "manifest.json").read_text())
-    spec = manifest["settings"]["data"]["init_args"]["task"]
-    if args.data_source:
-        spec = {**spec, "init_args": {**spec.get("init_args", {}), "source": args.data_source}}
-    task = build_task(spec)
-    questions = task.load()
-    by_id = {q.id: q for q in questions}
-    # D_org: the first ``gold_solutions`` questions keep their gold solution (null: every question)
-    kept = manifest["settings"]["data"]["init_args"].get("gold_solutions")
-    gold = {q.id: tuple(task.gold_trajectory(q).steps) for q in questions[:kept] if q.solution}
+    task, questions, gold = run_task(manifest, args.data_source)
     print(
         f"{run}: {task.name} ({'approximate' if getattr(task, 'approximate_oracle', False) else 'exact'} oracle)"
     )
     print("| phase | part | trajectories | first-error acc. | earlier | later | step acc. |")
     print("|---|---|---|---|---|---|---|")
     for path in sorted(run.glob("labels_*.jsonl"), key=lambda p: int(p.stem.split("_")[1])):
-        labelled = read_jsonl(path)
-        parts = {
-            "sampled": [
-                t
-                for t in labelled
-                if not t.label_source.endswith("/expansion") and gold.get(t.question_id) != tuple(t.steps)
-            ],
-            "expanded": [t for t in labelled if t.label_source.endswith("/expansion")],
-        }
-        for part, trajectories in parts.items():
-            agreement = label_agreement(task, trajectories, by_id)
-            if agreement is not None:
-                print(
-                    f"| {path.stem} | {part} | {agreement.trajectories} | {agreement.first_error_accuracy:.3f} "
-                    f"| {agreement.earlier} | {agreement.later} | {agreement.step_accuracy:.3f} |"
-                )
+        agreement = split_labels(read_jsonl(path)).against_oracle(task, questions, gold)
+        for part, a in agreement.items():
+            print(
+                f"| {path.stem} | {part} | {a['trajectories']} | {a['first_error_accuracy']:.3f} "
+                f"| {a['earlier']} | {a['later']} | {a['step_accuracy']:.3f} |"
+            )
 
 
 if __name__ == "__main__":
