@@ -7,6 +7,9 @@ layer and the machine's load (the figures are only comparable at similar load). 
 trivial programs measures the floor: the cost of one sandboxed interpreter start.
 
     python benchmarks/sandbox.py --source ../shared/data/mbpp/mbpp.jsonl --workers 2
+
+HumanEval's 164 canonical solutions run through the same sandbox afterwards (``--humaneval ''`` skips
+them). Both report who decided each run (``verdict``: the trusted parent, or the harness inside).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from sapo.data.tasks.base import Question
+from sapo.data.tasks.humaneval import HumanEvalTask
 from sapo.data.tasks.mbpp import MBPP_SPLITS, MBPPTask
 from sapo.sandbox import Sandbox, SandboxResult
 
@@ -40,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="timed passes over the references")
     parser.add_argument("--trivial", type=int, default=200, help="trivial programs for the start-up floor")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--humaneval",
+        default=str(SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz"),
+        help="also run HumanEval's canonical solutions from this file or hub id ('' to skip)",
+    )
     return parser.parse_args(argv)
 
 
@@ -99,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     failures = [(q, r) for q, r in zip(questions, results, strict=True) if not r.passed]
     kinds = Counter(r.kind for r in results)
     per_program = sorted(r.seconds for r in results)
+    verdicts = Counter(r.verdict for r in results)
     print(
-        f"references passing their own tests: {len(jobs) - len(failures)} / {len(jobs)}; kinds: {dict(kinds)}"
+        f"references passing their own tests: {len(jobs) - len(failures)} / {len(jobs)}; kinds: {dict(kinds)}; "
+        f"decided by: {dict(verdicts)}"
     )
     print(
         f"seconds per program: median {statistics.median(per_program):.3f}, "
@@ -117,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{trivial_rate:.1f} programs/s; {cpu_text(sandbox, trivial_cpu, len(trivial))}"
     )
 
+    humaneval = run_humaneval(args.humaneval, sandbox) if args.humaneval else None
+
     if args.json:
         figures = {
             "isolation": sandbox.isolation,
@@ -127,12 +140,31 @@ def main(argv: list[str] | None = None) -> int:
             "passed": len(jobs) - len(failures),
             "failures": [{"id": q.id, "reason": r.reason, "detail": r.detail} for q, r in failures],
             "passes": passes,
+            "verdicts": dict(verdicts),
             "trivial_per_second": trivial_rate,
             "trivial_cpu_seconds_each": trivial_cpu / len(trivial),
+            "humaneval": humaneval,
         }
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(figures, handle, indent=2)
-    return 0 if not failures else 1
+    return 0 if not failures and (humaneval is None or not humaneval["failures"]) else 1
+
+
+def run_humaneval(source: str, sandbox: Sandbox) -> dict:
+    """HumanEval's canonical solutions through the same sandbox: how many pass, and who decided them."""
+    task = HumanEvalTask(source=source)
+    questions = task.load()
+    results = sandbox.run_many([task.job(task.extract_answer(q.solution or "") or "", q) for q in questions])
+    failures = [
+        {"id": q.id, "reason": r.reason} for q, r in zip(questions, results, strict=True) if not r.passed
+    ]
+    verdicts = dict(Counter(r.verdict for r in results))
+    print(
+        f"HumanEval canonical solutions passing: {len(results) - len(failures)} / {len(results)}; decided by: {verdicts}"
+    )
+    for failure in failures:
+        print(f"  FAIL {failure['id']}: {failure['reason']}")
+    return {"programs": len(results), "failures": failures, "verdicts": verdicts}
 
 
 if __name__ == "__main__":

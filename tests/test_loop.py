@@ -49,7 +49,10 @@ def _events(run_dir: Path) -> list[dict]:
     path = run_dir / "events.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # The run appends while this polls, so the last line may be half written: read whole lines only.
+    text = path.read_text()
+    whole = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
 def _run_until(command: list[str], cwd: Path, run_dir: Path, until, timeout: float = 300) -> str:

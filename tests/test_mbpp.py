@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA
 
-from sapo.data.tasks.humaneval import HumanEvalTask, humaneval_program
+from sapo.data.tasks.humaneval import HumanEvalTask, humaneval_program, inline_check
 from sapo.data.tasks.loading import InvalidRowError
 from sapo.data.tasks.mbpp import MBPP_SPLITS, MBPPTask, extract_code
 from sapo.data.trajectory import Trajectory
@@ -221,3 +221,24 @@ def test_trajectory_from_a_completion(mbpp_test):
     trajectory = mbpp_test.trajectory(question, f"```python\n{question.solution}```")
     assert isinstance(trajectory, Trajectory) and trajectory.outcome is True
     assert trajectory.steps == question.solution.splitlines()
+
+
+def test_humaneval_checks_of_asserts_are_inlined_for_the_parent_to_decide(humaneval):
+    questions = humaneval.load()
+    question = questions[0]  # has_close_elements: check is only asserts
+    program, tests, setup = humaneval.job(humaneval.extract_answer(question.solution), question)
+    assert setup is None and len(tests) > 1 and all(t.startswith("assert") for t in tests)
+    assert "candidate" not in " ".join(tests) and "has_close_elements(" in tests[0]
+    result = humaneval.sandbox.run(program, tests, setup)
+    assert result.passed and result.verdict == "parent", result
+    wrong = humaneval.sandbox.run(*humaneval.job("    return True\n", question))
+    assert not wrong.passed and wrong.verdict == "parent"
+    gold = humaneval.gold_trajectory(question)
+    humaneval.check([gold], {question.id: question})
+    assert gold.outcome and gold.meta["check"]["verdict"] == "parent"
+    looped = "def check(candidate):\n    for x in range(3):\n        assert candidate(x) == x\n"
+    assert inline_check(looped, "f") is None
+    assert inline_check("import math\ndef check(candidate):\n    assert candidate(1)\n", "f") is None
+    assert inline_check("METADATA = {}\ndef check(candidate):\n    assert candidate(1) == 2\n", "g") == [
+        "assert g(1) == 2"
+    ]

@@ -286,6 +286,53 @@ def test_network_is_unreachable(guarded):
         udp.close()
 
 
+def test_unix_socket_at_a_host_path_is_unreachable(guarded, exposed_dir):
+    """Landlock does not cover connecting to a socket file; the landlock layer's seccomp filter refuses
+    ``socket(AF_UNIX)``, and under bubblewrap the path does not exist."""
+    path = exposed_dir / "listener.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(str(path))
+        path.chmod(0o777)
+        server.listen(1)
+        server.settimeout(0.3)
+        connect = (
+            "import socket\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            f"s.connect({str(path)!r})\n"
+            "s.sendall(b'stolen')\n"
+        )
+        result = guarded.run(connect, ["assert True"])
+        assert_failed(result, "error")
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_a_detached_process_does_not_outlive_its_run(guarded):
+    """A program that ignores signals, leaves the process group with ``setsid`` and double-forks: its
+    grandchild dies with the run (the PID namespace of bwrap, or of the landlock layer's own init)."""
+    detach = (
+        "import os, signal, time\n"
+        "for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):\n"
+        "    signal.signal(number, signal.SIG_IGN)\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(30)\n"
+        "    os._exit(0)\n"
+        "def f():\n"
+        "    return 1\n"
+    )
+    assert guarded.run(detach, ["assert f() == 1"]).passed
+    assert not wait_until_no_harness(), "a detached process outlived its run"
+    # the program's own process leaves the group, tries to clear its parent-death signal, and sleeps
+    hang = "import ctypes, os, time\nos.setsid()\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\ntime.sleep(30)\n"
+    assert_failed(guarded.run(hang, ["assert True"]), "timeout")
+    assert not wait_until_no_harness(), "a program that left the process group outlived its deadline"
+
+
 def test_killing_the_parent_or_everyone_does_not_reach_the_host(contained):
     me = os.getpid()
     killer = (
@@ -487,6 +534,18 @@ def test_unusable_layer_is_refused(monkeypatch):
     monkeypatch.setitem(sandbox_module._DETECTED, ("bwrap", executable, os.geteuid()), (False, "test"))
     with pytest.raises(IsolationUnavailable, match="test"):
         Sandbox(isolation="bwrap")
+
+
+def test_auto_passes_over_a_landlock_without_its_pid_namespace(monkeypatch):
+    executable = isolation._find_interpreter(None).executable
+    detected = sandbox_module._DETECTED
+    monkeypatch.setitem(detected, ("bwrap", executable, os.geteuid()), (False, "test"))
+    partial = (True, "landlock abi=3 netns no-pidns no-unix")
+    monkeypatch.setitem(detected, ("landlock", executable, os.geteuid()), partial)
+    monkeypatch.setitem(detected, ("none", executable, os.geteuid()), (True, "none"))
+    with pytest.warns(RuntimeWarning, match="landlock: runs, but no-pidns"):
+        assert Sandbox(isolation="auto").isolation == "none"
+    assert Sandbox(isolation="landlock").isolation == "landlock"  # asked for by name, it is used
 
 
 def test_tests_must_be_a_list():

@@ -9,11 +9,17 @@ under which layer):
 - ``"bwrap"``: bubblewrap. New user (or, as root, dropped privileges), PID, network, IPC and UTS
   namespaces; a root file system holding only ``/usr``, the interpreter and a private size-limited tmpfs;
   no network at all (an empty network namespace).
-- ``"landlock"``: the harness itself enters a new user and network namespace (``unshare(2)``) and restricts
-  itself with Landlock: reading only the system and interpreter directories, writing only its own
-  directory, no TCP, no signals to processes outside the sandbox.
+- ``"landlock"``: the harness itself enters new user, network and PID namespaces (``unshare(2)``; the
+  program runs as PID 1, so nothing it starts outlives it) and restricts itself with Landlock (reading
+  only the system and interpreter directories, writing only its own directory, no TCP, no signals to
+  processes outside the sandbox) and a seccomp filter (no Unix sockets).
 - ``"none"``: resource limits, an empty environment, its own directory and (as root) an unprivileged
   user only. It does not protect files or the network; ``"auto"`` falls back to it with a warning.
+
+**The verdict is the parent's** wherever a test splits (every MBPP test does): the sandbox evaluates only
+the test's calls of the program and sends their values back as plain data, and the parent compares them
+with the expected values itself (:mod:`~sapo.sandbox.verdict`), so no program can make a wrong answer
+pass from inside its process. :attr:`SandboxResult.verdict` says who decided a run.
 
 **Passing** is never an exit status. The parent makes a random token (:func:`secrets.token_hex`) for each
 run and sends it to the harness with the job; the harness writes ``PASS <token>`` on a private pipe only
@@ -32,7 +38,10 @@ Results are cached by a hash of (code, tests, setup) in memory (and optionally o
 The modules, lowest first (this package imports nothing else from :mod:`sapo`; :mod:`sapo.data.tasks` uses
 it):
 
-- :mod:`~sapo.sandbox.harness`: the code that runs inside the child, and its shipping there as source text;
+- :mod:`~sapo.sandbox.verdict`: splitting tests into the values the program computes and the comparisons
+  the parent evaluates, and the parent's side of the value format;
+- :mod:`~sapo.sandbox.confine`: the isolation layers' in-process part, run by the harness in the child;
+- :mod:`~sapo.sandbox.harness`: the code that runs inside the child, and its shipping there;
 - :mod:`~sapo.sandbox.isolation`: the layers as the parent sets them up (interpreter, limits, bubblewrap);
 - :mod:`~sapo.sandbox.asserts`: the rewriting of the tests' ``assert`` statements;
 - :mod:`~sapo.sandbox.results`: :class:`SandboxResult` and what a run's pipes and exit status mean;

@@ -38,6 +38,9 @@ class _Interpreter:
 
     executable: str
     prefix: str
+    #: the interpreter running sapo (outside its virtual environment): the same version, so the harness
+    #: can be shipped precompiled
+    is_parent: bool = False
 
     @property
     def directories(self) -> list[str]:
@@ -93,7 +96,7 @@ def _find_interpreter(python: str | None) -> _Interpreter:
     (outside any virtual environment: sandboxed programs see the standard library only)."""
     if python is None:
         executable = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-        return _Interpreter(executable, sys.base_prefix)
+        return _Interpreter(executable, sys.base_prefix, is_parent=True)
     executable = shutil.which(python) or python
     probe = subprocess.run(
         [

@@ -33,14 +33,16 @@ from sapo.sandbox.isolation import (
     _world_reachable,
 )
 from sapo.sandbox.results import SandboxResult, _interpret, _invalid_test_result, _isolation_detail, _RawRun
+from sapo.sandbox.verdict import split_test, static_names
 
 #: when the parent is root, each run gets its own unprivileged user id from this range (no account needs to
 #: exist): the process limit then counts that run's processes alone, and concurrent runs cannot signal or
 #: trace one another
 UNPRIVILEGED_BASE = 1 << 31
 UNPRIVILEGED_SPAN = 1 << 24
-#: the report pipe carries a few short lines; more is an attack on the parent's memory
-REPORT_LIMIT_BYTES = 65536
+#: the report pipe carries a few short lines and the values of split tests; more is an attack on the
+#: parent's memory (and fails the run as ``output``)
+REPORT_LIMIT_BYTES = 1 << 20
 #: how long the parent waits for the pipes to close after the program's process has exited
 EXIT_GRACE_SECONDS = 0.2
 
@@ -53,7 +55,7 @@ class _Runner:
         self.interpreter = interpreter
         self.limits = limits
         self.as_root = _running_as_root()
-        self.bootstrap = _bootstrap(_harness_source())
+        self.bootstrap = _bootstrap(_harness_source(), precompiled=interpreter.is_parent)
         self.bwrap = _bwrap_command(interpreter, limits, self.as_root) if layer == "bwrap" else []
         self.spawned = 0
         self._lock = threading.Lock()
@@ -72,16 +74,24 @@ class _Runner:
                 prepared_tests.append(_prepare_test(test, f"<test {stage}>"))
         except (SyntaxError, ValueError) as error:
             return _invalid_test_result(stage, error, self.layer), ""
+        defined = static_names(code) | static_names(setup)
+        splits = [split_test(test, defined) for test in tests]
         token = secrets.token_hex(16)
         user = self._user_id()
         workdir = None if self.layer == "bwrap" else self._make_workdir(user)
         try:
-            job = self._job(code, prepared_tests, prepared_setup, token, workdir, user)
+            job_tests = [
+                ("values", list(zip(split.expressions, split.names, strict=True)), [])
+                if split is not None
+                else ("exec", *prepared)
+                for split, prepared in zip(splits, prepared_tests, strict=True)
+            ]
+            job = self._job(code, job_tests, prepared_setup, token, workdir, user)
             raw = self._spawn_and_drive(marshal.dumps(job), workdir)
         finally:
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
-        return _interpret(raw, token, self.layer), _isolation_detail(raw.report)
+        return _interpret(raw, token, self.layer, splits), _isolation_detail(raw.report)
 
     def _user_id(self) -> int | None:
         """A fresh unprivileged user id for one run when the parent is root (see ``UNPRIVILEGED_BASE``)."""
@@ -99,14 +109,16 @@ class _Runner:
     def _job(
         self,
         code: str,
-        tests: list[tuple[str, list[str]]],
+        tests: list[tuple[str, object, list[str]]],
         setup: tuple[str, list[str]] | None,
         token: str,
         workdir: str | None,
         user: int | None,
     ) -> dict:
         """What the harness reads on stdin (marshalled). The token is in it: the harness keeps it out of the
-        program's namespaces and writes it only after the last test."""
+        program's namespaces and writes it only after the last test. Each test is ``("exec", source,
+        names)`` (the harness decides it) or ``("values", [(expression, names), ...], [])`` (the harness
+        sends the values back and the parent decides, :mod:`sapo.sandbox.verdict`)."""
         counts_processes = self.layer != "none" or self.as_root
         return {
             "token": token,

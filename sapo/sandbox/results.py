@@ -11,6 +11,8 @@ import signal
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from sapo.sandbox.verdict import MalformedValues, SplitTest, decide, decode_values
+
 #: what :attr:`SandboxResult.kind` can be
 RESULT_KINDS = (
     "passed",  # the harness reported the run's token after the last test
@@ -25,7 +27,7 @@ RESULT_KINDS = (
     "cpu",  # the CPU-time limit (SIGXCPU)
     "output",  # stdout, stderr or the report pipe went over its limit
     "crash",  # killed by a signal (SIGSEGV after a C stack overflow, SIGKILL, ...)
-    "forged",  # a pass report without the run's token
+    "forged",  # a pass report without the run's token, or a value report the harness did not write
     "invalid_test",  # a test or the setup does not compile: the caller's data is wrong
     "sandbox",  # the sandbox itself failed (never cached)
 )
@@ -51,6 +53,10 @@ class SandboxResult:
         failed_test: the index (from 0) of the test that failed, or ``None``.
         isolation: the isolation layer the program ran under.
         cached: the result came from the cache (no process was started).
+        verdict: who decided the tests: ``"parent"`` (every test was split, and its comparisons evaluated
+            outside the program's process on the values it sent back: a program cannot forge this verdict),
+            ``"harness"`` (no test split: decided inside the sandbox, where a program that attacks the
+            harness can forge it), ``"mixed"``, or ``""`` (no test ran: the tests were invalid).
     """
 
     passed: bool
@@ -64,6 +70,7 @@ class SandboxResult:
     failed_test: int | None = None
     isolation: str = ""
     cached: bool = False
+    verdict: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,8 +93,10 @@ class _RawRun:
     verdict: str | None  # "timeout", "output" or None
 
 
-def _interpret(raw: _RawRun, token: str, layer: str) -> SandboxResult:
-    """Turn what the parent saw into a result. Only ``PASS <token>`` on the report pipe is a pass."""
+def _interpret(raw: _RawRun, token: str, layer: str, splits: list[SplitTest | None]) -> SandboxResult:
+    """Turn what the parent saw into a result. A pass needs ``PASS <token>`` on the report pipe and, for each
+    split test, its values sent back and its comparisons holding here (:func:`~sapo.sandbox.verdict.decide`).
+    The first test that fails, in order, is the one reported."""
     lines = raw.report.decode("utf-8", "replace").splitlines()
     failures = [line for line in lines if line.startswith("FAIL\t")]
     common = {
@@ -96,11 +105,23 @@ def _interpret(raw: _RawRun, token: str, layer: str) -> SandboxResult:
         "seconds": round(raw.seconds, 4),
         "returncode": raw.returncode,
         "isolation": layer,
+        "verdict": _verdict_kind(splits),
     }
     if raw.verdict == "timeout":
         return SandboxResult(False, "timeout", "timeout", "the wall-clock limit was reached", **common)
     if raw.verdict == "output":
         return SandboxResult(False, "output", "output limit", "a stream went over its byte limit", **common)
+    try:
+        decided = _decide_split_tests(lines, splits, failures[0] if failures else None)
+    except MalformedValues as error:
+        return SandboxResult(False, "forged", "forged value report", str(error), **common)
+    if decided is not None:
+        test, kind, detail = decided
+        if kind != "missing":
+            return _failure_result(f"FAIL\t{kind}\t{test}\t{detail}", common, split=True)
+        if "PASS " + token in lines:  # the harness's loop was cut short from inside, then the pass written
+            detail = f"a pass report without the values of test {test}"
+            return SandboxResult(False, "forged", "forged pass report", detail, failed_test=test, **common)
     if failures:
         return _failure_result(failures[0], common)
     if "PASS " + token in lines:
@@ -114,8 +135,44 @@ def _interpret(raw: _RawRun, token: str, layer: str) -> SandboxResult:
     return _ended_result(raw.returncode, layer, common)
 
 
-def _failure_result(line: str, common: dict[str, Any]) -> SandboxResult:
-    """A result from the harness's ``FAIL <kind> <stage> <detail>`` line."""
+def _verdict_kind(splits: list[SplitTest | None]) -> str:
+    """``"parent"`` when every test split, ``"harness"`` when none did (or there are none), else ``"mixed"``."""
+    split = sum(s is not None for s in splits)
+    return "harness" if split == 0 else "parent" if split == len(splits) else "mixed"
+
+
+def _decide_split_tests(
+    lines: list[str], splits: list[SplitTest | None], failure: str | None
+) -> tuple[int, str, str] | None:
+    """The first split test that fails here, before any failure the harness reported, as ``(test, kind,
+    detail)``, or ``(test, "missing", "")`` for the first whose values never came; ``None`` when every split
+    test holds. More than one value report for a test is a forgery (the harness sends one)."""
+    reports: dict[int, str] = {}
+    for line in lines:
+        if line.startswith("VALUE\t"):
+            _, test, text = (line.split("\t", 2) + ["", ""])[:3]
+            if not test.isdigit() or int(test) in reports or int(test) >= len(splits):
+                raise MalformedValues(f"an unexpected value report for test {test[:20]!r}")
+            reports[int(test)] = text
+    stage = failure.split("\t", 3)[2] if failure and failure.count("\t") >= 2 else None
+    if failure is not None and not (stage or "").isdigit():
+        return None  # the program or the setup failed before any test
+    for test, split in enumerate(splits):
+        if failure is not None and stage == str(test):
+            return None
+        if split is None:
+            continue
+        if test not in reports:
+            return test, "missing", ""
+        outcome = decide(split, decode_values(reports[test]))
+        if outcome is not None:
+            return (test, *outcome)
+    return None
+
+
+def _failure_result(line: str, common: dict[str, Any], split: bool = False) -> SandboxResult:
+    """A result from the harness's ``FAIL <kind> <stage> <detail>`` line (or the parent's own, for a split
+    test, whose ``untrusted`` detail already says which value could not be sent back)."""
     _, kind, stage, detail = (line.split("\t", 3) + ["", "", ""])[:4]
     test = int(stage) if stage.isdigit() else None
     where = f"at test {test}" if test is not None else f"in {stage}"
@@ -132,7 +189,7 @@ def _failure_result(line: str, common: dict[str, Any]) -> SandboxResult:
     }
     if kind not in reasons:
         kind, detail = "forged", f"an unknown report line: {line[:200]!r}"
-    if kind == "untrusted":
+    if kind == "untrusted" and not split:
         detail = (
             f"a test compared a value of type {detail}, whose comparison or truth the program can redefine"
         )
@@ -176,7 +233,7 @@ def _signal_number(returncode: int | None, layer: str) -> int | None:
         return None
     if returncode < 0:
         return -returncode
-    if layer == "bwrap" and 128 < returncode < 128 + 65:
+    if layer in ("bwrap", "landlock") and 128 < returncode < 128 + 65:  # their init's way to pass a signal on
         return returncode - 128
     return None
 

@@ -35,6 +35,11 @@ from sapo.sandbox.results import SandboxResult
 
 logger = logging.getLogger(__name__)
 
+#: changes when the way a verdict is reached changes, so that results cached before are not reused
+VERDICT_PROTOCOL = 2
+#: what the landlock layer reports when it could not set up its PID namespace or its Unix-socket filter
+#: (an older kernel, another architecture): a process could then outlive its run, or reach a socket file
+PARTIAL_LANDLOCK = ("no-pidns", "unix-allowed")
 #: detection cache: (layer, interpreter executable, euid) -> (usable, detail). The only module-level state.
 _DETECTED: dict[tuple[str, str, int], tuple[bool, str]] = {}
 _DETECTED_LOCK = threading.Lock()
@@ -90,6 +95,12 @@ def _resolve_isolation(requested: str, interpreter: _Interpreter) -> tuple[str, 
         reasons = []
         for layer in ISOLATION_LAYERS:
             usable, detail = _probe(layer, interpreter)
+            partial = (
+                [gap for gap in PARTIAL_LANDLOCK if gap in detail.split()] if layer == "landlock" else []
+            )
+            if partial:  # Landlock without its PID namespace or socket filter: auto does not take it
+                reasons.append(f"{layer}: runs, but {' '.join(partial)}")
+                continue
             if usable:
                 if reasons:
                     _warn_fallback(layer, reasons)
@@ -199,6 +210,7 @@ class Sandbox:
         if isinstance(tests, str):
             raise TypeError("tests must be a sequence of test sources, not one string")
         settings = asdict(self.limits) | {"isolation": self.isolation, "python": self.interpreter.executable}
+        settings["verdict"] = VERDICT_PROTOCOL
         text = json.dumps([code, list(tests), setup or "", settings], sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -4,12 +4,15 @@ Each question is a function signature with its docstring (``prompt``); the answe
 of completion are accepted: the function's body (a base model continuing the prompt), run as
 ``prompt + body``; or the whole function, in a fenced block or bare (a chat model), run after the prompt
 so that the prompt's imports and helper functions are there and the new definition replaces the stub.
-The row's ``test`` defines ``check(candidate)``; the program passes when ``check(entry_point)`` runs to its
-end in the sandbox (its asserts under the sandbox's plain-value rule, see :mod:`sapo.sandbox`).
+The row's ``test`` defines ``check(candidate)``; the program passes when its asserts hold for the entry
+point. Where ``check`` is only asserts (158 of 164 rows), each runs as a test of its own, which the
+sandbox's parent decides on the values the program sends back (:mod:`sapo.sandbox.verdict`); otherwise
+``check(entry_point)`` runs to its end inside the sandbox (its asserts under the plain-value rule).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 
@@ -17,7 +20,7 @@ from sapo.data.tasks.base import Question
 from sapo.data.tasks.loading import InvalidRows, Row, load_questions, require_field
 from sapo.data.tasks.mbpp import CodeTask, code_lines
 
-__all__ = ["HumanEvalTask", "humaneval_program"]
+__all__ = ["HumanEvalTask", "humaneval_program", "inline_check"]
 
 
 def humaneval_program(prompt: str, code: str, entry_point: str) -> str:
@@ -109,6 +112,45 @@ class HumanEvalTask(CodeTask):
         return f"{self.instruction}```python\n{question.question}```"
 
     def job(self, code: str, question: Question) -> tuple[str, list[str], str | None]:
-        """``(prompt + completion, ["check(entry_point)"], the row's test code)``."""
-        program = humaneval_program(question.meta["prompt"], code, question.meta["entry_point"])
+        """``(prompt + completion, tests, setup)``: the asserts of ``check`` one by one, with ``candidate``
+        replaced by the entry point and no setup, when ``check`` holds nothing else (158 of the 164 rows),
+        so the sandbox's parent decides them (:mod:`sapo.sandbox.verdict`); otherwise
+        ``["check(entry_point)"]`` after the row's test code, decided inside the sandbox."""
+        entry_point = question.meta["entry_point"]
+        program = humaneval_program(question.meta["prompt"], code, entry_point)
+        inlined = inline_check(question.meta["test"], entry_point)
+        if inlined is not None:
+            return program, inlined, None
         return program, list(question.tests or []), question.meta["test"]
+
+
+def inline_check(test: str, entry_point: str) -> list[str] | None:
+    """The asserts of a HumanEval ``check(candidate)`` as separate tests of ``entry_point``, or ``None`` when
+    the test code holds more than ``METADATA`` and a ``check`` of asserts (imports, loops, assignments)."""
+    try:
+        tree = ast.parse(test)
+    except SyntaxError:
+        return None
+    checks = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "check"]
+    rest = [node for node in tree.body if node not in checks and not _is_metadata(node)]
+    if len(checks) != 1 or rest or [a.arg for a in checks[0].args.args] != ["candidate"]:
+        return None
+    body = [s for s in checks[0].body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    if not body or not all(isinstance(s, ast.Assert) for s in body):
+        return None
+    inlined = []
+    for statement in body:
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Name) and node.id == "candidate":
+                node.id = entry_point
+        inlined.append(ast.unparse(statement))
+    return inlined
+
+
+def _is_metadata(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id == "METADATA"
+    )

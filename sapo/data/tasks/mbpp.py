@@ -164,7 +164,7 @@ class CodeTask(Task):
 
     def check(self, trajectories: Sequence[Trajectory], questions: dict[str, Question]) -> list[Trajectory]:
         """Fill ``final_answer`` (the program) and ``outcome`` of each trajectory, running all programs as one
-        parallel batch; ``meta["check"]`` keeps the sandbox's verdict (kind and reason)."""
+        parallel batch; ``meta["check"]`` keeps the sandbox's verdict (kind, reason, and who decided it)."""
         pending: list[tuple[Trajectory, tuple[str, list[str], str | None]]] = []
         for trajectory in trajectories:
             if trajectory.question_id not in questions:
@@ -181,7 +181,11 @@ class CodeTask(Task):
         results = self.sandbox.run_many([job for _, job in pending])
         for (trajectory, _), result in zip(pending, results, strict=True):
             trajectory.outcome = result.passed
-            trajectory.meta["check"] = {"kind": result.kind, "reason": result.reason}
+            trajectory.meta["check"] = {
+                "kind": result.kind,
+                "reason": result.reason,
+                "verdict": result.verdict,
+            }
         return list(trajectories)
 
     def gold_trajectory(self, question: Question) -> Trajectory:
