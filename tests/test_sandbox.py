@@ -310,9 +310,31 @@ def test_unix_socket_at_a_host_path_is_unreachable(guarded, exposed_dir):
         server.close()
 
 
+def processes_named(name: str, seconds: float = 3.0) -> list[int]:
+    """Processes whose name (``/proc/PID/comm``) is ``name``, after waiting up to ``seconds`` for none: a
+    name of the test's own, so that sandboxes of other test processes running at the same time do not
+    count."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def test_a_detached_process_does_not_outlive_its_run(guarded):
     """A program that ignores signals, leaves the process group with ``setsid`` and double-forks: its
-    grandchild dies with the run (the PID namespace of bwrap, or of the landlock layer's own init)."""
+    grandchild dies with the run (the PID namespace of bwrap, or of the landlock layer). So does a program
+    whose own process leaves the group, tries to clear its parent-death signal and sleeps past the
+    deadline."""
+    name = f"sapo{os.getpid() % 100000}{int(time.monotonic() * 1000) % 100000}"
+    rename = f"import ctypes\nctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)\n"  # PR_SET_NAME
     detach = (
         "import os, signal, time\n"
         "for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):\n"
@@ -320,17 +342,18 @@ def test_a_detached_process_does_not_outlive_its_run(guarded):
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
-        "        time.sleep(30)\n"
+        + "".join(f"        {line}\n" for line in rename.splitlines())
+        + "        time.sleep(30)\n"
         "    os._exit(0)\n"
+        "time.sleep(0.2)\n"
         "def f():\n"
         "    return 1\n"
     )
     assert guarded.run(detach, ["assert f() == 1"]).passed
-    assert not wait_until_no_harness(), "a detached process outlived its run"
-    # the program's own process leaves the group, tries to clear its parent-death signal, and sleeps
-    hang = "import ctypes, os, time\nos.setsid()\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\ntime.sleep(30)\n"
+    assert not processes_named(name), "a detached process outlived its run"
+    hang = rename + "import os, time\nos.setsid()\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\ntime.sleep(30)\n"
     assert_failed(guarded.run(hang, ["assert True"]), "timeout")
-    assert not wait_until_no_harness(), "a program that left the process group outlived its deadline"
+    assert not processes_named(name), "a program that left the process group outlived its deadline"
 
 
 def test_killing_the_parent_or_everyone_does_not_reach_the_host(contained):
