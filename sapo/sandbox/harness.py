@@ -263,24 +263,12 @@ def _h_encode_composite(value: object, kind: type, depth: int, path: set) -> lis
     if kind in tags:
         return [tags[kind], [_h_encode(item, depth, path) for item in kind.__iter__(value)]]
     if kind is dict:
-        return [
-            "d",
-            [
-                [_h_encode(k, depth, path), _h_encode(dict.__getitem__(value, k), depth, path)]
-                for k in dict.keys(value)
-            ],
-        ]
+        return ["d", _h_pairs(value, depth, path)]
     name = (kind.__module__, kind.__qualname__)
     stdlib = name in _H_STDLIB and kind.__flags__ & _H_IMMUTABLE
     if stdlib and name[1] in ("OrderedDict", "defaultdict"):
         tag = "od" if name[1] == "OrderedDict" else "d"
-        return [
-            tag,
-            [
-                [_h_encode(k, depth, path), _h_encode(dict.__getitem__(value, k), depth, path)]
-                for k in dict.keys(value)
-            ],
-        ]
+        return [tag, _h_pairs(value, depth, path)]
     if stdlib and name[1] == "deque":
         return ["dq", [_h_encode(item, depth, path) for item in kind.__iter__(value)]]
     if stdlib and name[1] == "Decimal":
@@ -290,13 +278,7 @@ def _h_encode_composite(value: object, kind: type, depth: int, path: set) -> lis
     if stdlib and name[1] == "timedelta":
         return ["td"] + [int.__format__(n, "x") for n in (value.days, value.seconds, value.microseconds)]
     if kind is _H_COUNTER:
-        return [
-            "C",
-            [
-                [_h_encode(k, depth, path), _h_encode(dict.__getitem__(value, k), depth, path)]
-                for k in dict.keys(value)
-            ],
-        ]
+        return ["C", _h_pairs(value, depth, path)]
     base = _h_plain_base(kind)
     if base is not None:  # a named tuple, a str subclass that keeps str's comparisons: sent as its base
         return _h_encode(_h_as_base(value, base), depth, path)
@@ -312,6 +294,14 @@ def _h_encode_composite(value: object, kind: type, depth: int, path: set) -> lis
         + type.__dict__["__qualname__"].__get__(kind)
         + ", which cannot be sent back as plain data"
     )
+
+
+def _h_pairs(value: dict, depth: int, path: set) -> list:
+    """A dict's (or a dict subclass's) items as encoded ``[key, value]`` pairs, read with dict's own methods."""
+    return [
+        [_h_encode(k, depth, path), _h_encode(dict.__getitem__(value, k), depth, path)]
+        for k in dict.keys(value)
+    ]
 
 
 def _h_as_base(value: object, base: type) -> object:
@@ -520,6 +510,7 @@ _HARNESS_PARTS = (
     _h_entry,
     _h_encode,
     _h_encode_composite,
+    _h_pairs,
     _h_as_base,
     _h_json,
     _h_json_char,

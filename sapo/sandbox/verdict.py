@@ -32,9 +32,12 @@ import collections
 import datetime
 import decimal
 import fractions
+import functools
 import importlib
 import json
 from dataclasses import dataclass
+
+from sapo.sandbox.harness import _H_TYPE_NAMES
 
 #: builtins a test may apply, in the parent, to the values the program returned: pure functions of data
 PARENT_BUILTINS = frozenset(
@@ -260,7 +263,8 @@ def decode_values(text: str) -> list[tuple[str, object]]:
 _SEQUENCES = {"l": list, "t": tuple, "s": set, "fs": frozenset, "dq": collections.deque, "it": iter}
 _MAPPINGS = {"d": dict, "od": collections.OrderedDict, "C": collections.Counter}
 _DATES = {"date": datetime.date, "datetime": datetime.datetime, "time": datetime.time}
-_TYPES = {"int", "float", "complex", "bool", "str", "bytes", "list", "tuple", "dict", "set", "frozenset"}
+#: the builtin types the harness sends by name (its ``_H_TYPE_NAMES``), by name
+_TYPES = {name: kind for kind, name in _H_TYPE_NAMES.items()}
 
 
 def _decode(node: object, depth: int) -> object:
@@ -316,10 +320,8 @@ def _scalar(tag: str, args: list[str]) -> object:
         return _DATES[tag].fromisoformat(args[0])
     if tag == "td" and len(args) == 3:
         return datetime.timedelta(*(int(a, 16) for a in args))
-    if tag == "T" and one and args[0] in _TYPES | {"NoneType"}:
-        return type(None) if args[0] == "NoneType" else getattr(builtins, args[0])
-    if tag == "N" and one and args[0] in ("nan", "inf", "-inf"):
-        return float(args[0])
+    if tag == "T" and one and args[0] in _TYPES:
+        return _TYPES[args[0]]
     raise MalformedValues(f"an unknown tag {tag!r}")
 
 
@@ -352,11 +354,15 @@ def decide(split: SplitTest, values: list[tuple[str, object]]) -> tuple[str, str
 
 def _parent_namespace(fetch) -> dict:
     """The residual's globals: the allowed builtins, the real modules, the value fetch."""
+    return {**_parent_globals(), VALUE_NAME: fetch}
+
+
+@functools.cache
+def _parent_globals() -> dict:
+    """What every residual's globals share (built once: the modules imported, the builtins picked)."""
     allowed = {name: getattr(builtins, name) for name in PARENT_BUILTINS}
     allowed["__import__"] = _import_allowed
-    space: dict = {"__builtins__": allowed, VALUE_NAME: fetch}
-    space.update({name: importlib.import_module(name) for name in PARENT_MODULES})
-    return space
+    return {"__builtins__": allowed} | {name: importlib.import_module(name) for name in PARENT_MODULES}
 
 
 def _import_allowed(name: str, *args, **kwargs):
