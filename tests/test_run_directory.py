@@ -34,6 +34,22 @@ def test_a_finished_run_may_raise_its_iterations_but_not_lower_them_or_change_an
         RunDirectory(tmp_path, settings(3, margin=0.5), extendable=EXTENDABLE)
 
 
+def test_the_engines_sizing_may_change_on_a_rerun_and_keeps_the_chunks(tmp_path):
+    from sapo.evolution.backends import ADJUSTABLE
+
+    def with_engine(kv_cache_gib: float, dtype: str = "auto") -> dict:
+        config = settings()
+        config["model"]["init_args"]["sampling"] = {"vllm": {"kv_cache_gib": kv_cache_gib, "dtype": dtype}}
+        return config
+
+    run = RunDirectory(tmp_path, with_engine(100.0), adjustable=ADJUSTABLE)
+    run.finish("sft", reasoner="x")
+    smaller = RunDirectory(tmp_path, with_engine(0.5), adjustable=ADJUSTABLE)  # the engine did not fit
+    assert smaller.done("sft") and smaller.fingerprint == run.fingerprint
+    with pytest.raises(RunMismatchError, match=r"model.init_args.sampling.vllm.dtype"):  # changes results
+        RunDirectory(tmp_path, with_engine(0.5, dtype="float32"), adjustable=ADJUSTABLE)
+
+
 def test_a_damaged_manifest_is_named(tmp_path):
     (tmp_path / "manifest.json").write_text('{"phases": ')
     with pytest.raises(RunMismatchError, match="manifest.json is not valid JSON"):

@@ -31,7 +31,7 @@ from typing import Any
 from sapo.data.tasks.base import Question, Task
 from sapo.data.trajectory import Trajectory
 from sapo.eval.pass_at_k import mean_pass_at_k
-from sapo.rollout.sampler import Sampler, task_stop_rule
+from sapo.rollout.sampler import GenerationBackend, Sampler, task_stop_rule
 
 __all__ = ["EvalResult", "evaluate_reasoner", "paired_difference", "sample_and_check"]
 
@@ -75,11 +75,14 @@ def sample_and_check(
     seed: int = 0,
     progress: bool = True,
     description: str = "evaluating",
+    backend: str | GenerationBackend = "auto",
 ) -> list[list[Trajectory]]:
     """``num_samples`` checked trajectories per question (one list per question, in sampling order).
 
     One batched :meth:`Sampler.generate <sapo.rollout.sampler.Sampler.generate>` call with the task's stop
-    rule (greedy when ``temperature == 0``), then one ``task.check`` over all samples. Each trajectory's
+    rule (greedy when ``temperature == 0``), then one ``task.check`` over all samples. ``backend`` is the
+    :class:`~sapo.rollout.sampler.Sampler`'s (a ready backend, such as the loop's engine, makes ``model``
+    unused). Each trajectory's
     ``meta`` holds the raw ``completion``, ``generated_tokens``, ``finish_reason`` and ``sample_index``.
     """
     sampler = Sampler(
@@ -91,6 +94,7 @@ def sample_and_check(
         batch_size=batch_size,
         seed=seed,
         progress=progress,
+        backend=backend,
     )
     prompts = [task.prompt(q, tokenizer) for q in questions]
     generations = sampler.generate(prompts, num_samples, stop=task_stop_rule(task), description=description)

@@ -39,7 +39,6 @@ of the ``sapo fit`` trainer (Weights & Biases, MLflow, ...), and to ``<run_dir>/
 from __future__ import annotations
 
 import copy
-import importlib.util
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -54,6 +53,7 @@ from sapo.data.preference import read_pairs
 from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
 from sapo.eval.processbench import evaluate_on_oracle
 from sapo.eval.reasoner import sample_and_check
+from sapo.evolution.backends import ADJUSTABLE, ReasonerBackends, chosen_backend
 from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunks
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
 from sapo.evolution.memory import PhaseMemory, release_memory
@@ -72,7 +72,7 @@ from sapo.evolution.trainers import iteration_loggers, phase_trainer
 from sapo.models.backbone import BackboneSpec, LoraSettings, load_tokenizer, resolve_dtype
 from sapo.models.reasoner import ORPOReasoner
 from sapo.models.verifier import PRMVerifier
-from sapo.rollout import Sampler, derive_seed
+from sapo.rollout import GenerationBackend, Sampler, derive_seed
 
 __all__ = ["SelfEvolution"]
 
@@ -145,11 +145,7 @@ class SelfEvolution:
         self.verifier_lora = (
             LoraSettings() if self.verifier.lora is None and reasoner.lora is not None else self.verifier.lora
         )
-        if self.sampling.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError(
-                "model.init_args.sampling.backend is 'vllm' but vLLM is not installed: install the extra "
-                "(pip install 'sapo[vllm]'), or set the backend to 'transformers'"
-            )
+        chosen_backend(self.sampling.backend)  # vLLM asked for and not installed: fail before any work
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(
@@ -170,7 +166,7 @@ class SelfEvolution:
             )
         self.template = trainer
         self.data = data
-        self.run = RunDirectory(self.run_dir, settings, extendable=EXTENDABLE)
+        self.run = RunDirectory(self.run_dir, settings, extendable=EXTENDABLE, adjustable=ADJUSTABLE)
         done = self.run.finished
         if done:
             print(f"[sapo] resuming {self.run_dir}: {len(done)} phases finished ({done[-1]} last)")
@@ -181,6 +177,13 @@ class SelfEvolution:
             )
         self._loggers = iteration_loggers(self.template, self.run_dir)
         self._prompts: TaskPrompts | None = None
+        self._backends = ReasonerBackends(self.sampling, self.reasoner_spec, self._frozen_dtype(), self.seed)
+        try:
+            return self._run_phases()
+        finally:
+            self._backends.close()
+
+    def _run_phases(self) -> list[dict]:
         reasoner = self._sft_phase()
         samples = self._samples_phase(0, reasoner)
         labels = self._labels_phase(0, reasoner, None, samples)
@@ -236,7 +239,7 @@ class SelfEvolution:
             return []
 
         def work() -> dict[str, Any]:
-            model, tokenizer = self._frozen(reasoner)
+            backend, tokenizer = self._backends.open(reasoner)
             cost = Cost()
             questions = self.data.iteration_questions(t, self.sampling.questions_per_iteration, self.seed)
             with self._precision():
@@ -244,7 +247,7 @@ class SelfEvolution:
                     self.data.task,
                     self.data.chunks(questions),
                     self.sampling.samples_per_question,
-                    self._sampler_factory(model, tokenizer, reasoner),
+                    self._sampler_factory(backend, tokenizer),
                     derive_seed(self.seed, "samples", t),
                     ChunkedJsonl(self.run, name, name),
                     cost,
@@ -254,11 +257,12 @@ class SelfEvolution:
                 separate = self.data.gold_solutions is not None
                 samples = self.data.gold_trajectories(None if separate else questions) + samples
             write_jsonl(samples, path)
-            del model
+            del backend
             return {
                 "trajectories": len(samples),
                 "correct": sum(bool(s.outcome) for s in samples),
                 "sampling_cost": cost.to_dict(),
+                **self._backends.summary(),
             }
 
         self._phase(name, work)
@@ -291,14 +295,14 @@ class SelfEvolution:
             )
 
         def work() -> dict[str, Any]:
-            model, tokenizer = self._frozen(reasoner)
+            backend, tokenizer = self._backends.open(reasoner)
             scorer = None if verifier is None else self._load_verifier(verifier)
             with self._precision():
-                result = label(self._sampler_factory(model, tokenizer, reasoner), scorer)
+                result = label(self._sampler_factory(backend, tokenizer), scorer)
             write_jsonl(result.trajectories, self.run_dir / f"labels_{t}.jsonl")
             write_jsonl(result.dropped, self.run_dir / f"dropped_{t}.jsonl")
-            del model, scorer
-            summary = {"strategy": type(strategy).__name__, **result.stats()}
+            del backend, scorer
+            summary = {"strategy": type(strategy).__name__, **result.stats(), **self._backends.summary()}
             if self.data.task.has_oracle:
                 gold = [s for s in subset if s.label_source == "gold"]
                 summary["labels_vs_oracle"] = result.against_oracle(self.data.task, self.data.questions, gold)
@@ -449,21 +453,22 @@ class SelfEvolution:
         step-level AUROC, and how often its largest score drop (SAPO's detector) is the first error, beside
         a random step's chance of it."""
         task = self.data.heldout_task
-        model, tokenizer = self._frozen(reasoner)
+        backend, tokenizer = self._backends.open(reasoner, self.evaluation.batch_size)
         with self._precision():
             samples = sample_and_check(
-                model,
+                None,
                 tokenizer,
                 task,
                 questions,
                 max_new_tokens=self.evaluation.max_new_tokens,
                 batch_size=self.evaluation.batch_size,
                 description=f"held-out accuracy, iteration {t}",
+                backend=backend,
             )
         greedy = [s[0] for s in samples]
         write_jsonl(greedy, self.run_dir / f"heldout_{t}.jsonl")
         metrics: dict[str, Any] = {"heldout_accuracy": sum(bool(g.outcome) for g in greedy) / len(greedy)}
-        del model
+        del backend
         release_memory()
         if verifier is not None and task.has_oracle:
             scorer = self._load_verifier(verifier)
@@ -525,37 +530,20 @@ class SelfEvolution:
         device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
         return str(resolve_dtype("auto", device, base_is_frozen=True)).removeprefix("torch.")
 
-    def _frozen(self, folder: Path) -> tuple[Any, Any]:
-        """The reasoner at ``folder`` for sampling only (no adapter, :meth:`_frozen_dtype`); with the vLLM
-        backend only its tokenizer (the engine loads the weights itself)."""
-        if self.sampling.backend == "vllm":
-            return None, load_tokenizer(str(folder), cache_dir=self.reasoner_spec.cache_dir)
-        spec = replace(
-            self.reasoner_spec,
-            name_or_path=str(folder),
-            dtype=self._frozen_dtype(),
-            lora=None,
-            load_in_4bit=False,
-            gradient_checkpointing=False,
-        )
-        model, tokenizer = spec.load()
-        model.eval()
-        return model, tokenizer
-
-    def _sampler_factory(self, model: Any, tokenizer: Any, folder: Path) -> Callable[[int], Sampler]:
+    def _sampler_factory(self, backend: GenerationBackend, tokenizer: Any) -> Callable[[int], Sampler]:
         """Builds one chunk's sampler from its seed, with the recipe's sampling settings."""
         settings = self.sampling
 
         def make(seed: int) -> Sampler:
             return Sampler(
-                str(folder) if settings.backend == "vllm" else model,
+                None,
                 tokenizer,
                 max_new_tokens=settings.max_new_tokens,
                 temperature=settings.temperature,
                 top_p=settings.top_p,
                 batch_size=settings.batch_size,
                 seed=seed,
-                backend=settings.backend,
+                backend=backend,
             )
 
         return make

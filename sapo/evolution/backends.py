@@ -1,0 +1,102 @@
+"""The generation backend of every phase that samples the reasoner: sampling, labelling, held-out answers.
+
+With ``sampling.backend: transformers`` each phase loads its reasoner (frozen, in the dtype it samples in)
+and frees it when it ends. With ``vllm`` the run has **one** engine: the first phase that generates starts it
+on its reasoner, and every later phase points it at its own reasoner (:meth:`VLLMEngine.serve`: the weights
+are reloaded in place). sapo saves every reasoner merged (LoRA included), so a weight reload serves LoRA and
+full fine-tuning recipes alike. The engine stays up while the training phases run; on a GPU its memory share
+(``sampling.vllm.gpu_memory_utilization``) is what training does not get.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sapo.evolution.settings import FLAG, SamplingSettings
+from sapo.models.backbone import BackboneSpec, load_tokenizer
+from sapo.rollout import GenerationBackend, TransformersBackend
+from sapo.rollout.vllm_backend import INSTALL_HINT, VLLMBackend, VLLMEngine, VLLMOptions, vllm_available
+
+__all__ = ["ADJUSTABLE", "ReasonerBackends", "chosen_backend"]
+
+#: settings a rerun may change: they size the engine, they do not change what it computes
+ADJUSTABLE = tuple(
+    f"{FLAG}.sampling.vllm.{name}"
+    for name in ("kv_cache_gib", "gpu_memory_utilization", "cpu_cores", "max_model_len")
+)
+
+
+def chosen_backend(setting: str) -> str:
+    """``transformers`` or ``vllm`` for the ``sampling.backend`` setting; ``vllm`` needs vLLM installed."""
+    if setting == "auto":
+        return "vllm" if vllm_available() else "transformers"
+    if setting == "vllm" and not vllm_available():
+        raise ValueError(
+            f"{FLAG}.sampling.backend is 'vllm' but vLLM is not installed: {INSTALL_HINT}, or set the "
+            "backend to 'transformers'"
+        )
+    return setting
+
+
+class ReasonerBackends:
+    """Hands each phase a backend that generates from a given reasoner checkpoint.
+
+    Args:
+        settings: the loop's sampling settings (backend, batch size, engine options).
+        reasoner: the reasoner's backbone settings (its cache folder; a checkpoint is loaded in its place).
+        dtype: the dtype the loop samples in (the engine's ``dtype: auto`` too).
+        seed: the engine's seed.
+    """
+
+    def __init__(self, settings: SamplingSettings, reasoner: BackboneSpec, dtype: str, seed: int) -> None:
+        self.settings = settings
+        self.kind = chosen_backend(settings.backend)
+        self._reasoner = reasoner
+        self._dtype = dtype
+        self._seed = seed
+        self.engine: VLLMEngine | None = None
+
+    def _load_frozen(self, folder: Path) -> tuple[Any, Any]:
+        """The reasoner at ``folder`` for sampling only: no adapter, no 4-bit, in the sampling dtype."""
+        spec = replace(
+            self._reasoner,
+            name_or_path=str(folder),
+            dtype=self._dtype,
+            lora=None,
+            load_in_4bit=False,
+            gradient_checkpointing=False,
+        )
+        model, tokenizer = spec.load()
+        return model.eval(), tokenizer
+
+    def open(self, folder: Path, batch_size: int | None = None) -> tuple[GenerationBackend, Any]:
+        """A backend generating from the reasoner at ``folder``, and its tokenizer. ``batch_size``: rows per
+        transformers call (default: ``sampling.batch_size``; vLLM schedules its own batches). With
+        transformers the caller frees the backend (it holds the model) when the phase ends."""
+        if self.kind == "transformers":
+            model, tokenizer = self._load_frozen(folder)
+            rows = batch_size or self.settings.batch_size
+            return TransformersBackend(model, tokenizer, rows), tokenizer
+        tokenizer = load_tokenizer(str(folder), cache_dir=self._reasoner.cache_dir)
+        if self.engine is None:
+            options: VLLMOptions = self.settings.vllm
+            if options.dtype == "auto":
+                options = replace(options, dtype=self._dtype)
+            print(f"[sapo] starting the vLLM engine on {folder}")
+            self.engine = VLLMEngine(folder, options, seed=self._seed, setting=f"{FLAG}.sampling.vllm")
+            print(f"[sapo] vLLM engine started in {self.engine.start_seconds:.1f} s")
+        else:
+            self.engine.serve(folder)
+        return VLLMBackend(self.engine, tokenizer), tokenizer
+
+    def summary(self) -> dict[str, Any]:
+        """What a phase's record keeps about the engine (empty with transformers)."""
+        return {} if self.engine is None else {"vllm_engine": self.engine.summary()}
+
+    def close(self) -> None:
+        """Stop the engine, if one was started."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
