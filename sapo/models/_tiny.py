@@ -52,9 +52,8 @@ def _ensure_tiny_random(
     cache_root: Path, layers: int, hidden: int, seed: int, head: int = 16
 ) -> tuple[Path, bool]:
     tokenizer_folder, _ = _ensure_packaged_smollm2_tokenizer(cache_root)
-    size = (
-        f"{layers}x{hidden}" if head == 16 else f"{layers}x{hidden}h{head}"
-    )  # the old names keep their folders
+    # the default head size keeps the names (and cache folders) from before head sizes could be chosen
+    size = f"{layers}x{hidden}" if head == 16 else f"{layers}x{hidden}h{head}"
     folder = cache_root / f"{TINY_RANDOM}-{size}-seed{seed}"
     source = {"kind": "tiny-random", "layers": layers, "hidden": hidden, "seed": seed}
     if head != 16:

@@ -41,6 +41,7 @@ from sapo.data.trajectory import Cost
 from sapo.rollout.generate import (
     Generation,
     StopRule,
+    _tokenise_once,
     derive_seed,
     finish_generation,
     first_stop_point,
@@ -269,9 +270,7 @@ class VLLMBackend:
         tokenizer = self.tokenizer
         end_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
         in_rounds = stop is not None and stop.trigger is not None and self.stop_in_rounds
-        encoded = tokenizer(list(dict.fromkeys(prompts)), add_special_tokens=False)["input_ids"]
-        by_prompt = dict(zip(dict.fromkeys(prompts), encoded, strict=True))
-        rows = [_Row(list(by_prompt[p])) for p in prompts]
+        rows = [_Row(list(ids)) for ids in _tokenise_once(tokenizer, prompts)]
         bar = tqdm(total=len(rows), desc=description, unit="seq", disable=not progress)
         round_number = 0
         while active := [i for i, row in enumerate(rows) if not row.done]:
