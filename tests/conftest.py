@@ -24,6 +24,25 @@ SHARED_DATA = Path(
 )
 
 
+#: fields of run records that hold wall-clock times, memory peaks and process ids: the only things two runs
+#: of one recipe (resumed or not, on one process or two) may differ in
+RUN_TIMES = {"seconds", "stop_check_seconds", "time", "finished_at", "memory", "memory_per_rank", "pid"}
+
+
+def without_times(value):
+    """``value`` (a run's JSON record) without the :data:`RUN_TIMES` fields, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_times(v) for k, v in value.items() if k not in RUN_TIMES}
+    if isinstance(value, list):
+        return [without_times(v) for v in value]
+    return value
+
+
+def loop_env() -> dict[str, str]:
+    """The environment of a ``sapo fit`` a test starts: one thread per process, offline."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def pytest_configure(config):
     """pytest-xdist's workers share the cores: each gets its share of torch threads, and so do the
     subprocesses the tests start (``OMP_NUM_THREADS``); oversubscribed threads slow torch about 10x."""

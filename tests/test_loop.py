@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import loop_env, without_times
 
 from sapo.cli import SapoCLI
 from sapo.eval.reasoner import paired_difference
@@ -41,10 +42,6 @@ def _command(run_dir: Path, cache: str, *extra: str) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
 def _events(run_dir: Path) -> list[dict]:
     path = run_dir / "events.jsonl"
     if not path.is_file():
@@ -60,7 +57,7 @@ def _run_until(command: list[str], cwd: Path, run_dir: Path, until, timeout: flo
     ended ("killed", "finished", or "failed" with the end of its output)."""
     log = (cwd / "output.log").open("w")
     process = subprocess.Popen(
-        command, cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command, cwd=cwd, env=loop_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     deadline = time.monotonic() + timeout
     try:
@@ -122,18 +119,6 @@ def uninterrupted_run(tmp_path_factory, sapo_cache_dir):
     return run_dir
 
 
-#: fields that hold wall-clock times and memory peaks: the only things a resumed run may change
-TIMES = {"seconds", "stop_check_seconds", "time", "finished_at", "memory"}
-
-
-def _without_times(value):
-    if isinstance(value, dict):
-        return {k: _without_times(v) for k, v in value.items() if k not in TIMES}
-    if isinstance(value, list):
-        return [_without_times(v) for v in value]
-    return value
-
-
 def _report_without_times(run_dir: Path) -> list[str]:
     """The report's lines with the run's folder, the labelling table's seconds column and the memory peaks
     taken out."""
@@ -155,14 +140,14 @@ def test_a_resumed_run_makes_the_artifacts_of_an_uninterrupted_one(resumed_run, 
     for name in jsonl:
         whole = [json.loads(line) for line in (uninterrupted_run / name).read_text().splitlines()]
         again = [json.loads(line) for line in (resumed / name).read_text().splitlines()]
-        assert _without_times(again) == _without_times(whole), name
+        assert without_times(again) == without_times(whole), name
     for name in models:
         assert (resumed / name).read_bytes() == (uninterrupted_run / name).read_bytes(), name
     manifest = {
-        p: _without_times(v) for p, v in json.loads((resumed / "manifest.json").read_text())["phases"].items()
+        p: without_times(v) for p, v in json.loads((resumed / "manifest.json").read_text())["phases"].items()
     }
     expected = json.loads((uninterrupted_run / "manifest.json").read_text())["phases"]
-    expected = {p: _without_times(v) for p, v in expected.items()}
+    expected = {p: without_times(v) for p, v in expected.items()}
     for summary in (*manifest.values(), *expected.values()):  # the folders differ, the files in them do not
         for key in ("reasoner", "verifier"):
             if key in summary:
@@ -256,7 +241,9 @@ def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_d
         if strategy and "k" in strategy.get("init_args", {}):
             smaller += [f"--model.init_args.labelling.{key}.init_args.k", "2"]
     command = _command(run_dir, sapo_cache_dir, "--config", str(CONFIGS / "ablations" / overlay), *smaller)
-    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command, cwd=tmp_path, env=loop_env(), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
     strategy = labelling.get("strategy", {}).get("class_path")
@@ -294,6 +281,9 @@ def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_d
             "NoSuchSupervision",
         ),
         (["--model.init_args.orpo.init", "scratch"], "model.init_args.orpo.init"),
+        # launches the loop cannot run (tests/test_distributed.py has ranks that disagree)
+        (["--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"], "trainer.strategy"),
+        (["--trainer.devices", "512", "--trainer.strategy", "ddp"], "trainer.devices"),
     ],
 )
 def test_a_bad_loop_config_fails_before_any_work(override, message, tmp_path, capsys):

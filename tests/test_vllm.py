@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import loop_env as smoke_env
 from test_loop import _command as smoke_command
-from test_loop import _env as smoke_env
 
 from sapo.data.trajectory import Cost
 from sapo.evolution import backends

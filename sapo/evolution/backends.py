@@ -6,20 +6,28 @@ on its reasoner, and every later phase points it at its own reasoner (:meth:`VLL
 are reloaded in place). sapo saves every reasoner merged (LoRA included), so a weight reload serves LoRA and
 full fine-tuning recipes alike. The engine stays up while the training phases run; on a GPU its memory share
 (``sampling.vllm.gpu_memory_utilization``) is what training does not get.
+
+With several processes (:mod:`sapo.evolution.distributed`) every rank has its own engine (data parallel):
+on GPUs each on its rank's GPU, on a CPU each bound to its share of the node's cores (with
+``sampling.vllm.cpu_cores: auto``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from sapo.evolution.distributed import ONE_PROCESS, LaunchError, Ranks
 from sapo.evolution.settings import FLAG, SamplingSettings
-from sapo.models.backbone import BackboneSpec, load_tokenizer
+from sapo.models.backbone import BackboneSpec, load_tokenizer, resolve_dtype
 from sapo.rollout import GenerationBackend, TransformersBackend
 from sapo.rollout.vllm_backend import INSTALL_HINT, VLLMBackend, VLLMEngine, VLLMOptions, vllm_available
 
-__all__ = ["ADJUSTABLE", "ReasonerBackends", "chosen_backend"]
+__all__ = ["ADJUSTABLE", "ReasonerBackends", "chosen_backend", "frozen_dtype"]
 
 #: settings a rerun may change: they size the engine, they do not change what it computes
 ADJUSTABLE = tuple(
@@ -40,6 +48,16 @@ def chosen_backend(setting: str) -> str:
     return setting
 
 
+def frozen_dtype(spec: BackboneSpec) -> str:
+    """The dtype of a model that is only sampled or scored: the reasoner's, or with ``dtype: auto`` what
+    ``auto`` gives a frozen base (bfloat16 where it is fast). Without this a merged checkpoint would load in
+    float32 (``auto`` for a model without adapters assumes it trains) and sample 2-3x slower."""
+    if spec.dtype != "auto":
+        return spec.dtype
+    device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return str(resolve_dtype("auto", device, base_is_frozen=True)).removeprefix("torch.")
+
+
 class ReasonerBackends:
     """Hands each phase a backend that generates from a given reasoner checkpoint.
 
@@ -48,11 +66,27 @@ class ReasonerBackends:
         reasoner: the reasoner's backbone settings (its cache folder; a checkpoint is loaded in its place).
         dtype: the dtype the loop samples in (the engine's ``dtype: auto`` too).
         seed: the engine's seed.
+        ranks: this process's place in a launch of several (each rank gets an engine of its own).
     """
 
-    def __init__(self, settings: SamplingSettings, reasoner: BackboneSpec, dtype: str, seed: int) -> None:
+    def __init__(
+        self,
+        settings: SamplingSettings,
+        reasoner: BackboneSpec,
+        dtype: str,
+        seed: int,
+        ranks: Ranks = ONE_PROCESS,
+    ) -> None:
         self.settings = settings
         self.kind = chosen_backend(settings.backend)
+        self._ranks = ranks
+        if ranks.distributed and self.kind == "vllm" and settings.vllm.tensor_parallel_size > 1:
+            raise LaunchError(
+                f"{FLAG}.sampling.vllm.tensor_parallel_size is {settings.vllm.tensor_parallel_size} with "
+                f"{ranks.world_size} processes: with several processes each runs its own engine on its own "
+                "device; an engine shared across processes is not built. Set it to 1, or launch one process "
+                "(trainer.devices 1) for a tensor-parallel engine"
+            )
         self._reasoner = reasoner
         self._dtype = dtype
         self._seed = seed
@@ -85,11 +119,34 @@ class ReasonerBackends:
             if options.dtype == "auto":
                 options = replace(options, dtype=self._dtype)
             print(f"[sapo] starting the vLLM engine on {folder}")
-            self.engine = VLLMEngine(folder, options, seed=self._seed, setting=f"{FLAG}.sampling.vllm")
+            self.engine = VLLMEngine(
+                folder,
+                options,
+                seed=self._seed,
+                setting=f"{FLAG}.sampling.vllm",
+                environment=self._placement(),
+            )
             print(f"[sapo] vLLM engine started in {self.engine.start_seconds:.1f} s")
         else:
             self.engine.serve(folder)
         return VLLMBackend(self.engine, tokenizer), tokenizer
+
+    def _placement(self) -> dict[str, str]:
+        """Where this rank's engine runs: its GPU (the local rank's), or its share of the node's cores when
+        ``cpu_cores`` is ``auto`` (ranks would otherwise bind their threads to the same cores)."""
+        ranks = self._ranks
+        if not ranks.distributed:
+            return {}
+        if self._reasoner.device is not None and self._reasoner.device.startswith("cuda"):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            gpus = visible.split(",") if visible else [str(i) for i in range(ranks.local_size)]
+            return {"CUDA_VISIBLE_DEVICES": gpus[ranks.local_rank]}
+        if self.settings.vllm.cpu_cores != "auto":
+            return {}
+        cores = sorted(os.sched_getaffinity(0))
+        share = max(1, len(cores) // ranks.local_size)
+        mine = cores[ranks.local_rank * share : (ranks.local_rank + 1) * share] or cores[-share:]
+        return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, mine))}
 
     def summary(self) -> dict[str, Any]:
         """What a phase's record keeps about the engine (empty with transformers)."""

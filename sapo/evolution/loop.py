@@ -33,7 +33,8 @@ The phase trainers copy the ``sapo fit`` trainer's accelerator, devices, precisi
 and clipping, and write their own CSV and TensorBoard logs under ``<run_dir>/logs/phases/<phase>``. The
 loop's per-iteration metrics go to ``<run_dir>/logs/iterations/`` (``metrics.csv``, rewritten from the
 manifest so that a resumed run's iterations stay in one file, and TensorBoard events), to any other logger
-of the ``sapo fit`` trainer (Weights & Biases, MLflow, ...), and to ``<run_dir>/report.md``.
+of the ``sapo fit`` trainer (Weights & Biases, MLflow, ...), and to ``<run_dir>/report.md``. On several
+processes every rank runs every phase (:mod:`sapo.evolution.distributed`; ``docs/scale.md``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from sapo.data.datamodule import gold_pairs
 from sapo.data.pairs import build_pairs, rft_pairs, unpaired_correct
@@ -53,12 +53,13 @@ from sapo.data.preference import read_pairs
 from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
 from sapo.eval.processbench import evaluate_on_oracle
 from sapo.eval.reasoner import sample_and_check
-from sapo.evolution.backends import ADJUSTABLE, ReasonerBackends, chosen_backend
-from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunks
+from sapo.evolution.backends import ADJUSTABLE, ReasonerBackends, chosen_backend, frozen_dtype
+from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunks, sampler_factory
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
+from sapo.evolution.distributed import Ranks, device_for_rank, launch, torch_threads_for_rank
 from sapo.evolution.memory import PhaseMemory, release_memory
 from sapo.evolution.report import write_metrics_csv, write_report
-from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory
+from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory, setting_differences
 from sapo.evolution.settings import (
     EvaluationSettings,
     LabellingSettings,
@@ -69,10 +70,10 @@ from sapo.evolution.settings import (
     VerifierSettings,
 )
 from sapo.evolution.trainers import iteration_loggers, phase_trainer
-from sapo.models.backbone import BackboneSpec, LoraSettings, load_tokenizer, resolve_dtype
+from sapo.models.backbone import BackboneSpec, LoraSettings, load_tokenizer
 from sapo.models.reasoner import ORPOReasoner
 from sapo.models.verifier import PRMVerifier
-from sapo.rollout import GenerationBackend, Sampler, derive_seed
+from sapo.rollout import derive_seed
 
 __all__ = ["SelfEvolution"]
 
@@ -164,11 +165,22 @@ class SelfEvolution:
             raise TypeError(
                 f"SelfEvolution needs data: sapo.evolution.SAPSDataModule, got {type(data).__name__}"
             )
-        self.template = trainer
-        self.data = data
-        self.run = RunDirectory(self.run_dir, settings, extendable=EXTENDABLE, adjustable=ADJUSTABLE)
+        return launch(trainer, lambda ranks: self._fit_on_rank(trainer, data, settings, ranks))
+
+    def _fit_on_rank(
+        self, trainer: L.Trainer, data: SAPSDataModule, settings: dict[str, Any] | None, ranks: Ranks
+    ) -> list[dict]:
+        """:meth:`fit` on one process of the launch (the only one, or rank ``ranks.rank`` of several)."""
+        self.template, self.data, self.ranks = trainer, data, ranks
+        ranks.agree(settings, lambda a, b: list(setting_differences(a, b)))
+        torch_threads_for_rank(ranks)
+        if device_for_rank(trainer):  # each process samples and scores on its own GPU
+            self.reasoner_spec = replace(self.reasoner_spec, device=device_for_rank(trainer))
+        self.run = RunDirectory(
+            self.run_dir, settings, extendable=EXTENDABLE, adjustable=ADJUSTABLE, rank=ranks.rank
+        )
         done = self.run.finished
-        if done:
+        if done and ranks.writer:
             print(f"[sapo] resuming {self.run_dir}: {len(done)} phases finished ({done[-1]} last)")
         if data.heldout_task is None:
             print(
@@ -177,7 +189,9 @@ class SelfEvolution:
             )
         self._loggers = iteration_loggers(self.template, self.run_dir)
         self._prompts: TaskPrompts | None = None
-        self._backends = ReasonerBackends(self.sampling, self.reasoner_spec, self._frozen_dtype(), self.seed)
+        self._backends = ReasonerBackends(
+            self.sampling, self.reasoner_spec, frozen_dtype(self.reasoner_spec), self.seed, ranks
+        )
         try:
             return self._run_phases()
         finally:
@@ -200,23 +214,31 @@ class SelfEvolution:
             reasoner = self._orpo_phase(t, pairs_file, reasoner)
             self._eval_phase(t, reasoner, verifier)
         metrics = self._iteration_metrics()
-        write_report(self.run, metrics)
-        print(f"[sapo] done: report at {self.run_dir / 'report.md'}")
+        if self.ranks.writer:
+            write_report(self.run, metrics)
+            print(f"[sapo] done: report at {self.run_dir / 'report.md'}")
         return metrics
 
-    def _phase(self, name: str, work: Callable[[], dict[str, Any]], **start: Any) -> dict[str, Any]:
+    def _phase(
+        self, name: str, work: Callable[[], dict[str, Any]], everywhere: bool = True, **start: Any
+    ) -> dict[str, Any]:
         """The one skeleton of every phase: skip it when finished, else start, work, finish, free.
 
         ``work`` writes the phase's artifacts and returns its summary (JSON-able), which the manifest keeps
-        and which is returned, also for a phase finished by an earlier process.
+        and which is returned, also for a phase finished by an earlier process. With several processes
+        ``work`` runs on every rank (``everywhere``) or on rank 0 alone, rank 0's summary is kept with every
+        rank's memory peak, and a barrier ends the phase, so that rank 0's files are there for every rank.
         """
         if not self.run.done(name):
             self.run.start(name, **start)
             L.seed_everything(derive_seed(self.seed, name) % 2**31, workers=True, verbose=False)
             memory = PhaseMemory()
             memory.start()
-            summary = work()
-            self.run.finish(name, **summary, memory=memory.summary())
+            summary = self.ranks.broadcast(work() if everywhere or self.ranks.writer else None)
+            peaks = self.ranks.gather(memory.summary())
+            per_rank = {"memory_per_rank": peaks} if self.ranks.distributed else {}
+            self.run.finish(name, **summary, memory=peaks[0], **per_rank)
+            self.ranks.barrier()
             release_memory()
         return self.run.summary(name)
 
@@ -228,7 +250,7 @@ class SelfEvolution:
             folder = self.run_dir / "sft" / "reasoner"
             module = self._reasoner_module(self.reasoner_spec, self.sft.learning_rate, self.sft.warmup_ratio)
             self._fit("sft", module, self.data, self.sft.epochs)
-            module.save_pretrained(folder)
+            self._save(module, folder)
             return {"reasoner": str(folder), "pairs": len(self.data.train_pairs)}
 
         return Path(self._phase("sft", work)["reasoner"])
@@ -247,16 +269,18 @@ class SelfEvolution:
                     self.data.task,
                     self.data.chunks(questions),
                     self.sampling.samples_per_question,
-                    self._sampler_factory(backend, tokenizer),
+                    sampler_factory(self.sampling, backend, tokenizer),
                     derive_seed(self.seed, "samples", t),
-                    ChunkedJsonl(self.run, name, name),
+                    self._store(name),
                     cost,
+                    self.ranks,
                 )
             if t == 0 and self.sampling.include_gold:  # D_0 = Sample(M_0) ∪ D_org: the gold solutions of the
                 # questions sampled, or all of them when the loop samples other questions than SFT's
                 separate = self.data.gold_solutions is not None
                 samples = self.data.gold_trajectories(None if separate else questions) + samples
-            write_jsonl(samples, path)
+            if self.ranks.writer:
+                write_jsonl(samples, path)
             del backend
             return {
                 "trajectories": len(samples),
@@ -280,7 +304,7 @@ class SelfEvolution:
         if t == 0:  # subset(D_0), D_0 = samples ∪ D_org: the gold solutions are labelled too (all correct,
             # at no cost), so the first verifier sees correct solutions as well as the mostly wrong samples
             subset = [s for s in samples if s.label_source == "gold"] + subset
-        store = ChunkedJsonl(self.run, name, name)
+        store = self._store(name)
 
         def label(sampler: Any, scorer: Any) -> LabelledData:
             return label_in_chunks(
@@ -292,15 +316,17 @@ class SelfEvolution:
                 scorer,
                 derive_seed(self.seed, "labels", t),
                 store,
+                self.ranks,
             )
 
         def work() -> dict[str, Any]:
             backend, tokenizer = self._backends.open(reasoner)
             scorer = None if verifier is None else self._load_verifier(verifier)
             with self._precision():
-                result = label(self._sampler_factory(backend, tokenizer), scorer)
-            write_jsonl(result.trajectories, self.run_dir / f"labels_{t}.jsonl")
-            write_jsonl(result.dropped, self.run_dir / f"dropped_{t}.jsonl")
+                result = label(sampler_factory(self.sampling, backend, tokenizer), scorer)
+            if self.ranks.writer:
+                write_jsonl(result.trajectories, self.run_dir / f"labels_{t}.jsonl")
+                write_jsonl(result.dropped, self.run_dir / f"dropped_{t}.jsonl")
             del backend, scorer
             summary = {"strategy": type(strategy).__name__, **result.stats(), **self._backends.summary()}
             if self.data.task.has_oracle:
@@ -339,7 +365,7 @@ class SelfEvolution:
             )
             data = self.data.verifier_data(labels.trajectories, module.collator)
             self._fit(name, module, data, settings.epochs, settings.gradient_clip)
-            module.save_pretrained(folder)
+            self._save(module, folder)
             return {"verifier": str(folder), "trajectories": len(data.items)}
 
         return Path(self._phase(name, work)["verifier"])
@@ -382,7 +408,7 @@ class SelfEvolution:
                 "mean_margin": sum(margins) / max(1, len(margins)),
             }
 
-        self._phase(name, work)
+        self._phase(name, work, everywhere=False)  # scores the whole set at once: on rank 0
         return path
 
     def _orpo_phase(self, t: int, pairs_file: Path, previous: Path) -> Path:
@@ -411,7 +437,7 @@ class SelfEvolution:
                 self.orpo.epochs,
                 max_steps=self.orpo.max_steps,
             )
-            module.save_pretrained(folder)
+            self._save(module, folder)
             return {"reasoner": str(folder), "pairs": len(pairs), "replayed_gold": len(replayed)}
 
         return Path(self._phase(name, work)["reasoner"])
@@ -431,7 +457,9 @@ class SelfEvolution:
 
         if self.run.done(name):
             return
-        metrics = self._phase(name, work)
+        metrics = self._phase(name, work, everywhere=False)  # greedy answers to one held-out set: on rank 0
+        if not self.ranks.writer:
+            return
         scalars = {
             f"iteration/{k}": float(v)
             for k, v in metrics.items()
@@ -489,6 +517,17 @@ class SelfEvolution:
         return metrics
 
     # --- helpers ------------------------------------------------------------------------------------------
+    def _store(self, name: str) -> ChunkedJsonl:
+        """A chunked phase's store; the barrier lets rank 0 set its folder up before any rank writes there."""
+        store = ChunkedJsonl(self.run, name, name)
+        self.ranks.barrier()
+        return store
+
+    def _save(self, module: ORPOReasoner | PRMVerifier, folder: Path) -> None:
+        """Save a trained module; under DDP every rank holds the same weights and rank 0 writes them."""
+        if self.ranks.writer:
+            module.save_pretrained(folder)
+
     @property
     def _ranked(self) -> bool:
         """Whether pairs are ranked by a verifier (the method), so that there are labels and verifiers."""
@@ -520,36 +559,8 @@ class SelfEvolution:
             spec, orpo_weight=self.orpo.weight, learning_rate=learning_rate, warmup_ratio=warmup_ratio
         )
 
-    def _frozen_dtype(self) -> str:
-        """The dtype of a model that is only sampled or scored: the reasoner's, or with ``dtype: auto`` what
-        ``auto`` gives a frozen base (bfloat16 where it is fast). Without this a merged checkpoint would
-        load in float32 (``auto`` for a model without adapters assumes it trains) and sample 2-3x slower."""
-        spec = self.reasoner_spec
-        if spec.dtype != "auto":
-            return spec.dtype
-        device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return str(resolve_dtype("auto", device, base_is_frozen=True)).removeprefix("torch.")
-
-    def _sampler_factory(self, backend: GenerationBackend, tokenizer: Any) -> Callable[[int], Sampler]:
-        """Builds one chunk's sampler from its seed, with the recipe's sampling settings."""
-        settings = self.sampling
-
-        def make(seed: int) -> Sampler:
-            return Sampler(
-                None,
-                tokenizer,
-                max_new_tokens=settings.max_new_tokens,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                batch_size=settings.batch_size,
-                seed=seed,
-                backend=backend,
-            )
-
-        return make
-
     def _load_verifier(self, folder: Path) -> PRMVerifier:
-        options = {"dtype": self._frozen_dtype()}
+        options = {"dtype": frozen_dtype(self.reasoner_spec)}
         if self.reasoner_spec.device:
             options["device"] = self.reasoner_spec.device
         verifier = PRMVerifier.from_pretrained(folder, backbone_options=options, prompt=self._task_prompts())

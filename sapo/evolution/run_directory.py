@@ -21,7 +21,7 @@ from typing import Any
 
 from sapo.data.trajectory import Cost, Trajectory, TrajectoryFormatError, iter_jsonl, read_jsonl, write_jsonl
 
-__all__ = ["ChunkedJsonl", "RunDirectory", "RunMismatchError", "write_json_atomic"]
+__all__ = ["ChunkedJsonl", "RunDirectory", "RunMismatchError", "setting_differences", "write_json_atomic"]
 
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
@@ -58,6 +58,9 @@ class RunDirectory:
         adjustable: dotted keys that a rerun may change freely: they say how the run uses the machine (the
             vLLM engine's memory, say), not what it computes, so that a run that ran out of memory can be
             resumed with less.
+        rank: this process's rank in a launch of several (:class:`~sapo.evolution.distributed.Ranks`). Only
+            rank 0 writes the manifest; every rank appends to its own event log (``events.jsonl`` for rank 0,
+            ``events.rank<r>.jsonl`` for the others), so that each file has one writer.
     """
 
     def __init__(
@@ -66,8 +69,10 @@ class RunDirectory:
         settings: dict[str, Any] | None = None,
         extendable: Sequence[str] = (),
         adjustable: Sequence[str] = (),
+        rank: int = 0,
     ) -> None:
         self.path = Path(path)
+        self.rank = rank
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / MANIFEST
         if manifest.is_file():
@@ -83,7 +88,7 @@ class RunDirectory:
         if settings is not None:
             stored = self.manifest.get("settings")
             if stored is not None and self.manifest["phases"]:
-                changed = sorted(_differences(stored, settings))
+                changed = sorted(setting_differences(stored, settings))
                 refused = [
                     key
                     for key in changed
@@ -124,12 +129,21 @@ class RunDirectory:
         return list(self.manifest["phases"])
 
     # --- files --------------------------------------------------------------------------------------------
+    @property
+    def events_path(self) -> Path:
+        """This process's event log."""
+        return self.path / (EVENTS if self.rank == 0 else f"events.rank{self.rank}.jsonl")
+
     def event(self, kind: str, phase: str, **info: Any) -> None:
-        with (self.path / EVENTS).open("a", encoding="utf-8") as fh:
+        if self.rank:  # the other ranks' lines say whose they are (a test kills a rank by its pid)
+            info = {**info, "rank": self.rank, "pid": os.getpid()}
+        with self.events_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({"event": kind, "phase": phase, "time": time.time(), **info}) + "\n")
             fh.flush()
 
     def _write_manifest(self) -> None:
+        if self.rank:
+            return
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
 
@@ -147,7 +161,9 @@ class ChunkedJsonl:
         self.run = run
         self.phase = phase
         self.folder = run.path / f"{name}.parts"
-        self._check_settings()
+        if run.rank == 0:  # the one writer of the folder's record; the other ranks wait for it (a barrier)
+            self._check_settings()
+            write_json_atomic(self.folder / SETTINGS, {"fingerprint": self.run.fingerprint})
 
     def path(self, index: int) -> Path:
         return self.folder / f"chunk_{index:05d}.jsonl"
@@ -166,8 +182,6 @@ class ChunkedJsonl:
         self, index: int, records: Sequence[Trajectory | dict[str, Any]], cost: Cost | None = None
     ) -> None:
         """Write chunk ``index`` (and first, when given, its cost: the chunk file is what marks it done)."""
-        if not (self.folder / SETTINGS).is_file():
-            write_json_atomic(self.folder / SETTINGS, {"fingerprint": self.run.fingerprint})
         if cost is not None:
             write_json_atomic(self.cost_path(index), cost.to_dict())
         write_jsonl(records, self.path(index))
@@ -256,9 +270,10 @@ def _fingerprint(settings: Any, left_out: Sequence[str]) -> str:
     return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
 
 
-def _differences(a: Any, b: Any, where: str = "") -> Iterable[str]:
+def setting_differences(a: Any, b: Any, where: str = "") -> Iterable[str]:
+    """The dotted keys where two settings trees differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in set(a) | set(b):
-            yield from _differences(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            yield from setting_differences(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
     elif _canonical(a) != _canonical(b):
         yield where or "(root)"

@@ -13,10 +13,26 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from sapo.callbacks import ProgressLines, ReleaseFreedHeap
 
 __all__ = ["iteration_loggers", "phase_trainer"]
+
+
+def _phase_strategy(template: L.Trainer) -> Strategy | str:
+    """The template's strategy, made anew for one phase. Under DDP the copy keeps the template's cluster
+    environment: it finds the process group :func:`~sapo.evolution.distributed.launch` started and the
+    processes already there, so a phase's ``fit`` launches nothing."""
+    strategy = template.strategy
+    if not isinstance(strategy, DDPStrategy) or template.world_size == 1:
+        return "auto"
+    return DDPStrategy(
+        cluster_environment=strategy.cluster_environment,
+        process_group_backend=strategy.process_group_backend,
+        timeout=strategy._timeout,
+        **strategy._ddp_kwargs,
+    )
 
 
 def phase_trainer(
@@ -40,6 +56,8 @@ def phase_trainer(
         # up for CUDA, and on a CPU bf16-mixed would then run in float32
         accelerator=template.strategy.root_device.type,
         devices=template.num_devices,
+        num_nodes=template.num_nodes,
+        strategy=_phase_strategy(template),
         precision=template.precision,
         max_epochs=epochs if max_steps is None else -1,
         max_steps=-1 if max_steps is None else max_steps,

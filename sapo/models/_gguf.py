@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from sapo.models._model_cache import MANIFEST_NAME, _ensure_cache_entry
+from sapo.models._model_cache import MANIFEST_NAME, _ensure_cache_entry, _save_model_on_this_rank
 from sapo.models._options import _dtype_keyword, _require_gguf_package
 
 PACKAGED_SMOLLM2 = "smollm2-135m-instruct"
@@ -64,7 +64,7 @@ def _save_gguf_checkpoint(gguf_path: Path, folder: Path, tokenizer_folder: Path 
     """Write the dequantised model (safetensors) and its tokenizer into ``folder``."""
     if not gguf_path.is_file():
         raise FileNotFoundError(f"no GGUF file at {gguf_path}")
-    _dequantized_gguf_model(gguf_path).save_pretrained(folder, safe_serialization=True)
+    _save_model_on_this_rank(_dequantized_gguf_model(gguf_path), folder)
     if tokenizer_folder is not None:
         for item in tokenizer_folder.iterdir():
             if item.name != MANIFEST_NAME:

@@ -7,13 +7,16 @@ that looks finished; a folder whose manifest, file sizes or safetensors headers 
 rebuilt. :func:`sapo.models.backbone.default_cache_dir` gives the cache root.
 """
 
+import fcntl
 import json
 import logging
+import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("sapo.models.backbone")  # the loader's logger: its messages keep their name
 
@@ -22,15 +25,27 @@ CACHE_FORMAT = 1
 
 
 def _ensure_cache_entry(folder: Path, source: dict, build: Callable[[Path], None]) -> tuple[Path, bool]:
-    """Return ``(folder, built_now)``, building the folder when it is missing or fails its checks."""
-    problem = _cache_problem(folder, source)
-    if problem is None:
+    """Return ``(folder, built_now)``, building the folder when it is missing or fails its checks.
+
+    Processes that share the cache (the ranks of a launch) build one at a time, holding a lock on the cache
+    folder itself (no lock file is left behind): without it a second process could move a first one's
+    finished folder aside while the first was reading it."""
+    if _cache_problem(folder, source) is None:
         return folder, False
-    if folder.exists():
-        logger.warning("rebuilding cache folder %s: %s", folder, problem)
-    else:
-        logger.info("building cache folder %s (once)", folder)
-    _write_cache_entry(folder, source, build)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    parent = os.open(folder.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(parent, fcntl.LOCK_EX)
+        problem = _cache_problem(folder, source)
+        if problem is None:  # another process built it while this one waited
+            return folder, False
+        if folder.exists():
+            logger.warning("rebuilding cache folder %s: %s", folder, problem)
+        else:
+            logger.info("building cache folder %s (once)", folder)
+        _write_cache_entry(folder, source, build)
+    finally:
+        os.close(parent)  # and with it the lock
     return folder, True
 
 
@@ -67,6 +82,15 @@ def _move_into_place(tmp: Path, folder: Path, source: dict) -> None:
             raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_model_on_this_rank(model: Any, folder: Path) -> None:
+    """``model.save_pretrained(folder)`` in safetensors, on whichever process builds the cache entry.
+    transformers writes a model only on rank 0 once a process group is up (a cache built by rank 1 of a
+    launch would hold no weights); the cache folder is this process's own, so this model writes here."""
+    if hasattr(model, "should_save_on_this_rank"):
+        model.should_save_on_this_rank = lambda is_main_process: True
+    model.save_pretrained(folder, safe_serialization=True)
 
 
 def _write_manifest(folder: Path, source: dict) -> None:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from transformers.models.llama import LlamaConfig, LlamaForCausalLM
 
 from sapo.models._gguf import _ensure_packaged_smollm2_tokenizer
-from sapo.models._model_cache import _ensure_cache_entry
+from sapo.models._model_cache import _ensure_cache_entry, _save_model_on_this_rank
 
 TINY_RANDOM = "tiny-random"
 """Name of the default tiny random model (2 layers, hidden size 64); ``tiny-random-<L>x<H>`` picks a size."""
@@ -68,7 +68,7 @@ def _ensure_tiny_random(
             torch.manual_seed(seed)
             model = LlamaForCausalLM(config)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(tmp, safe_serialization=True)
+        _save_model_on_this_rank(model, tmp)
         tokenizer.save_pretrained(tmp)
 
     return _ensure_cache_entry(folder, source, build)

@@ -142,10 +142,17 @@ class VLLMEngine:
         seed: the engine's own seed (rows carry their own seeds; this one seeds what they do not reach).
         setting: the name of the options in the caller's configuration, for error messages
             (the loop passes ``model.init_args.sampling.vllm``).
+        environment: variables the engine's processes start with (a rank's own GPU:
+            ``CUDA_VISIBLE_DEVICES``; its own cores: ``VLLM_CPU_OMP_THREADS_BIND``).
     """
 
     def __init__(
-        self, checkpoint: str | Path, options: VLLMOptions | None = None, seed: int = 0, setting: str = "vllm"
+        self,
+        checkpoint: str | Path,
+        options: VLLMOptions | None = None,
+        seed: int = 0,
+        setting: str = "vllm",
+        environment: dict[str, str] | None = None,
     ) -> None:
         if not vllm_available():
             raise VLLMEngineError(f"the vLLM backend needs vLLM, which is not installed: {INSTALL_HINT}")
@@ -182,7 +189,7 @@ class VLLMEngine:
             )
         started = time.perf_counter()
         try:
-            with _environment({"VLLM_CPU_OMP_THREADS_BIND": opts.cpu_cores}):
+            with _environment({"VLLM_CPU_OMP_THREADS_BIND": opts.cpu_cores, **(environment or {})}):
                 self.llm = LLM(**arguments)
         except Exception as error:  # vLLM raises many kinds; name the settings that decide them
             raise VLLMEngineError(
