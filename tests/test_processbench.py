@@ -122,6 +122,12 @@ def test_step_auroc_and_largest_drop_detection_by_hand(test_file):
     assert scores.step_auroc == pytest.approx(59.5 / 70)
     assert scores.detection_accuracy == pytest.approx(0.5)
     assert scores.random_step_accuracy == pytest.approx((1 / 3 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    summary = scores.summary()  # what a run's evaluation phase records
+    assert summary["verifier_f1"] == pytest.approx(0.6) and summary["verifier_step_auroc"] == pytest.approx(
+        0.85
+    )
+    assert summary["random_step_detection_accuracy"] == scores.random_step_accuracy
+    assert summary["verifier_rows"] == {"with_error": 4, "correct": 2} and "verifier_ids" not in summary
 
 
 def test_rows_in_memory_and_several_files(tmp_path, test_file):

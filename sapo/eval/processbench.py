@@ -159,6 +159,16 @@ class FirstErrorScores:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def summary(self, prefix: str = "verifier_") -> dict[str, Any]:
+        """The figures without the per-row lists, keyed ``<prefix><name>`` (the random step's under
+        ``random_step_detection_accuracy``, the row counts under ``<prefix>rows``), as a run's report has them."""
+        figures = ("f1", "error_accuracy", "correct_accuracy", "step_auroc", "detection_accuracy")
+        return {
+            **{f"{prefix}{name}": getattr(self, name) for name in figures},
+            "random_step_detection_accuracy": self.random_step_accuracy,
+            f"{prefix}rows": {"with_error": self.num_error, "correct": self.num_correct},
+        }
+
 
 @dataclass
 class VerifierEvaluation:

@@ -1,6 +1,8 @@
 """The self-evolution loop: its settings, its data, the phases, the run directory that makes them
-resumable, and the run's report."""
+resumable, branches that begin with another run's phases, the run's report and the comparison of arms."""
 
+from sapo.evolution.branch import begin_branch
+from sapo.evolution.compare import Arm, compare_arms, write_comparison
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
 from sapo.evolution.loop import SelfEvolution
 from sapo.evolution.run_directory import RunDirectory, RunMismatchError
@@ -15,6 +17,7 @@ from sapo.evolution.settings import (
 )
 
 __all__ = [
+    "Arm",
     "EvaluationSettings",
     "LabelledData",
     "LabellingSettings",
@@ -28,4 +31,7 @@ __all__ = [
     "SelfEvolution",
     "TaskPrompts",
     "VerifierSettings",
+    "begin_branch",
+    "compare_arms",
+    "write_comparison",
 ]

@@ -15,26 +15,23 @@
 
 ``SelfEvolution`` is not a LightningModule: it trains none of its own parameters. It is a recipe that
 composes LightningModules (an :class:`~sapo.models.reasoner.ORPOReasoner` for SFT and ORPO, a
-:class:`~sapo.models.verifier.PRMVerifier` per iteration) with a Lightning ``Trainer`` per training phase,
-and does the sampling and labelling between them. Why one trainer per phase rather than one ``fit`` whose
-epochs are the phases: the phases train different modules with their own optimisers and schedules, and
-between them come sampling and labelling, which are not training. A fresh trainer per phase keeps each
-module's hooks what Lightning means them to be.
+:class:`~sapo.models.verifier.PRMVerifier` per iteration) with a fresh Lightning ``Trainer`` per training
+phase (``docs/loop.md`` says why), and does the sampling and labelling between them.
 
-Every phase runs through one skeleton (:meth:`SelfEvolution._phase`): skip it if the run directory's
-manifest has it finished, else record its start, seed every random generator from the run's seed and the
-phase's name alone, do its work (which writes its artifacts), record it finished with a summary and its peak
-memory (:mod:`sapo.evolution.memory`), and free the memory of the models it loaded. Because each phase's random state depends only on the seed and the
-phase (and each chunk's on the chunk), a run killed anywhere and resumed makes the same artifacts as one
-that never stopped. Sampling and labelling also write
-chunk by chunk (:mod:`sapo.evolution.chunks`), so a rerun skips the finished chunks of a half-done phase.
+Every phase runs through one skeleton (:meth:`SelfEvolution._phase`): skip it if the manifest has it
+finished, else record its start, seed every random generator from the run's seed and the phase's name,
+do its work (which writes its artifacts), record it finished with a summary and its peak memory
+(:mod:`sapo.evolution.memory`), and free the models it loaded. As each phase's random state depends only
+on the seed and the phase (and each chunk's on the chunk), a run killed anywhere and resumed makes the
+same artifacts as one that never stopped; sampling and labelling write chunk by chunk
+(:mod:`sapo.evolution.chunks`), so a rerun skips a half-done phase's finished chunks. A run may begin
+with another run's first phases, copied (:mod:`sapo.evolution.branch`).
 
-The phase trainers copy the ``sapo fit`` trainer's accelerator, devices, precision, gradient accumulation
-and clipping, and write their own CSV and TensorBoard logs under ``<run_dir>/logs/phases/<phase>``. The
-loop's per-iteration metrics go to ``<run_dir>/logs/iterations/`` (``metrics.csv``, rewritten from the
-manifest so that a resumed run's iterations stay in one file, and TensorBoard events), to any other logger
-of the ``sapo fit`` trainer (Weights & Biases, MLflow, ...), and to ``<run_dir>/report.md``. On several
-processes every rank runs every phase (:mod:`sapo.evolution.distributed`; ``docs/scale.md``).
+Phase trainers copy the ``sapo fit`` trainer's accelerator, devices, precision, accumulation and clipping,
+and log under ``<run_dir>/logs/phases/<phase>``; per-iteration metrics go to ``<run_dir>/logs/iterations/``
+(``metrics.csv`` rewritten from the manifest, so a resumed run keeps one file; TensorBoard), to the ``sapo
+fit`` trainer's other loggers (W&B, MLflow, ...) and to ``<run_dir>/report.md``. On several processes every
+rank runs every phase (:mod:`sapo.evolution.distributed`; ``docs/scale.md``).
 """
 
 from __future__ import annotations
@@ -54,6 +51,7 @@ from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
 from sapo.eval.processbench import evaluate_on_oracle
 from sapo.eval.reasoner import sample_and_check
 from sapo.evolution.backends import ADJUSTABLE, ReasonerBackends, chosen_backend, frozen_dtype
+from sapo.evolution.branch import begin_branch
 from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunks, sampler_factory
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
 from sapo.evolution.distributed import Ranks, device_for_rank, launch, torch_threads_for_rank
@@ -61,6 +59,7 @@ from sapo.evolution.memory import PhaseMemory, release_memory
 from sapo.evolution.report import write_metrics_csv, write_report
 from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory, setting_differences
 from sapo.evolution.settings import (
+    FLAG,
     EvaluationSettings,
     LabellingSettings,
     ORPOSettings,
@@ -108,6 +107,9 @@ class SelfEvolution:
             neither). Not in the paper: without it glibc's heap fragments and the resident set grows with
             the steps (ORPO on SmolLM2-135M: 5.05 GiB after 20 steps, 3.83 with a trim after each, 3.71
             with the gradients dropped too, at the same speed).
+        branch_from: another run's directory; this (empty) run begins with its phases through ``branch_after``,
+            copied, so that an arm differs from that run only after them (:mod:`sapo.evolution.branch`).
+        branch_after: the last phase copied from ``branch_from`` (``sft``, ``samples_1``, ``eval_0``, ...).
     """
 
     def __init__(
@@ -124,7 +126,14 @@ class SelfEvolution:
         orpo: ORPOSettings = ORPOSettings(),
         evaluation: EvaluationSettings = EvaluationSettings(),
         release_heap_every_n_steps: int = 1,
+        branch_from: str | None = None,
+        branch_after: str | None = None,
     ) -> None:
+        if (branch_from is None) != (branch_after is None):
+            raise ValueError(
+                "model.init_args.branch_from and model.init_args.branch_after: give both or neither"
+            )
+        self.branch_from, self.branch_after = branch_from and Path(branch_from), branch_after
         if iterations < 0:
             raise ValueError(f"model.init_args.iterations must be at least 0, got {iterations}")
         if release_heap_every_n_steps < 0:
@@ -179,6 +188,8 @@ class SelfEvolution:
         self.run = RunDirectory(
             self.run_dir, settings, extendable=EXTENDABLE, adjustable=ADJUSTABLE, rank=ranks.rank
         )
+        if self.branch_from is not None and not self.run.finished:
+            begin_branch(self.run, self.branch_from, self.branch_after, settings, ranks)
         done = self.run.finished
         if done and ranks.writer:
             print(f"[sapo] resuming {self.run_dir}: {len(done)} phases finished ({done[-1]} last)")
@@ -419,8 +430,7 @@ class SelfEvolution:
             if not pairs:  # nothing to learn from: say so, keep M_{t-1}, and go on
                 print(
                     f"[sapo] iteration {t}: no preference pairs (see {pairs_file}); the reasoner stays as it "
-                    "was. Sample more per question (model.init_args.sampling.samples_per_question), or lower "
-                    "model.init_args.pairs.margin"
+                    f"was. Sample more ({FLAG}.sampling.samples_per_question), or lower {FLAG}.pairs.margin"
                 )
                 return {"reasoner": str(previous), "pairs": 0, "skipped": True}
             init = {
@@ -505,14 +515,7 @@ class SelfEvolution:
                 evaluation = evaluate_on_oracle(
                     scorer, task, judged, questions=questions, threshold=self.verifier.threshold
                 )
-            scores = next(iter(evaluation.sets.values()))
-            metrics["verifier_f1"] = scores.f1
-            metrics["verifier_error_accuracy"] = scores.error_accuracy
-            metrics["verifier_correct_accuracy"] = scores.correct_accuracy
-            metrics["verifier_step_auroc"] = scores.step_auroc
-            metrics["verifier_detection_accuracy"] = scores.detection_accuracy
-            metrics["random_step_detection_accuracy"] = scores.random_step_accuracy
-            metrics["verifier_rows"] = {"with_error": scores.num_error, "correct": scores.num_correct}
+            metrics.update(next(iter(evaluation.sets.values())).summary())
             del scorer
         return metrics
 

@@ -21,7 +21,14 @@ from typing import Any
 
 from sapo.data.trajectory import Cost, Trajectory, TrajectoryFormatError, iter_jsonl, read_jsonl, write_jsonl
 
-__all__ = ["ChunkedJsonl", "RunDirectory", "RunMismatchError", "setting_differences", "write_json_atomic"]
+__all__ = [
+    "ChunkedJsonl",
+    "RunDirectory",
+    "RunMismatchError",
+    "read_manifest",
+    "setting_differences",
+    "write_json_atomic",
+]
 
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
@@ -76,13 +83,7 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / MANIFEST
         if manifest.is_file():
-            try:
-                self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise RunMismatchError(
-                    f"{manifest} is not valid JSON ({error.msg}, line {error.lineno}); it was changed by hand "
-                    "or by another program. Restore it, or use a new run directory"
-                ) from None
+            self.manifest = read_manifest(self.path)
         else:
             self.manifest = {"settings": settings, "phases": {}}
         if settings is not None:
@@ -141,10 +142,76 @@ class RunDirectory:
             fh.write(json.dumps({"event": kind, "phase": phase, "time": time.time(), **info}) + "\n")
             fh.flush()
 
+    def copy_phases(self, source: Path, phases: Sequence[str], paths: Sequence[str]) -> None:
+        """Begin this (empty) run with finished ``phases`` of the run in ``source``: their artifacts (the
+        ``paths``, relative to the run folders; missing ones skipped) and their manifest entries.
+
+        Files are hard-linked where the file system allows (every artifact is replaced by a rename, never
+        written in place, so the two runs never change each other's files), else copied. Paths inside the
+        summaries that point into ``source`` are made to point here, and each copied chunk folder is given
+        this run's settings fingerprint, so that reading it back does not take it for another run's.
+        """
+        if self.manifest["phases"]:
+            raise RunMismatchError(f"{self.path} already holds phases; a run is only begun from another once")
+        manifest = read_manifest(source)
+        stored = manifest["phases"]
+        for relative in paths:
+            origin, target = source / relative, self.path / relative
+            if origin.is_dir():
+                shutil.copytree(origin, target, copy_function=_link_or_copy, dirs_exist_ok=True)
+            elif origin.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(origin, target)
+        for record in self.path.glob(f"*.parts/{SETTINGS}"):
+            record.unlink()  # a link to the source's record: replaced, not written through
+            write_json_atomic(record, {"fingerprint": self.fingerprint})
+        # the summaries name the source by the run_dir it ran with, which may be spelled other than ``source``
+        named = _lookup(manifest.get("settings"), "model.init_args.run_dir")
+        prefixes = {f"{str(folder).rstrip('/')}/" for folder in (source, named) if folder}
+        for phase in phases:
+            summary = stored[phase]
+            for prefix in prefixes:
+                summary = _moved(summary, prefix, f"{self.path}/")
+            self.manifest["phases"][phase] = summary
+        self._write_manifest()
+        self.event("copied", ",".join(phases), source=str(source))
+
     def _write_manifest(self) -> None:
         if self.rank:
             return
         write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the run directory ``path`` (settings and finished phases)."""
+    manifest = Path(path) / MANIFEST
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunMismatchError(f"{path} is not a run directory: it has no {MANIFEST}") from None
+    except json.JSONDecodeError as error:
+        raise RunMismatchError(
+            f"{manifest} is not valid JSON ({error.msg}, line {error.lineno}); it was changed by hand "
+            "or by another program. Restore it, or use a new run directory"
+        ) from None
+
+
+def _link_or_copy(origin: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    try:
+        os.link(origin, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(origin, target)
+
+
+def _moved(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string that starts with ``old`` starting with ``new`` instead."""
+    if isinstance(value, dict):
+        return {key: _moved(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_moved(item, old, new) for item in value]
+    if isinstance(value, str) and value.startswith(old):
+        return new + value[len(old) :]
+    return value
 
 
 class ChunkedJsonl:

@@ -1,0 +1,102 @@
+"""Branches: a run that begins with another run's finished phases, so that arms differ only after them.
+
+An ablation or a baseline is only comparable with the run it is set beside when everything before the
+change is the same: the same SFT start, the same samples, the same first verifier. Running each arm from
+scratch would redo those phases (most of a run's time) and, on another machine or library version, could
+make them differ. A branch copies them instead (``model.init_args.branch_from`` and ``branch_after``)::
+
+    sapo fit --config configs/demo.yaml --config configs/ablations/rft.yaml \
+        --model.init_args.branch_from runs/demo --model.init_args.branch_after samples_1
+
+Copying is refused when a setting that a copied phase depends on (:func:`phase_settings`) differs between
+the two runs: the branch would then hold phases that its own settings would not have made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sapo.evolution.backends import ADJUSTABLE
+from sapo.evolution.distributed import ONE_PROCESS, Ranks
+from sapo.evolution.run_directory import RunDirectory, RunMismatchError, read_manifest, setting_differences
+from sapo.evolution.settings import FLAG
+
+__all__ = ["begin_branch", "phase_paths", "phase_settings"]
+
+
+def phase_paths(phase: str) -> list[str]:
+    """The artifacts of a phase of the loop, relative to its run directory (its logs included)."""
+    kind, _, t = phase.partition("_")
+    owned = {
+        "sft": ["sft"],
+        "samples": [f"samples_{t}.jsonl", f"samples_{t}.parts"],
+        "labels": [f"labels_{t}.jsonl", f"dropped_{t}.jsonl", f"labels_{t}.parts"],
+        "verifier": [f"verifier_{t}"],
+        "pairs": [f"pairs_{t}.jsonl"],
+        "orpo": [f"iteration_{t}"],
+        "eval": [f"heldout_{t}.jsonl"],
+    }
+    if kind not in owned:
+        raise ValueError(f"{phase!r} is not a phase of the loop")
+    return [*owned[kind], f"logs/phases/{phase}"]
+
+
+def phase_settings(phase: str) -> tuple[str, ...]:
+    """The settings (dotted keys of the run's record) that a phase's artifacts depend on, through the
+    phase itself and those before it: a branch may change the others after copying the phase."""
+    kind, _, t = phase.partition("_")
+    own = {
+        "sft": (),
+        "samples": ("sampling",),
+        "labels": (
+            "labelling.initial_strategy" if t == "0" else "labelling.strategy",
+            "labelling.per_iteration",
+        ),
+        "verifier": ("verifier", "labelling.accumulate"),
+        "pairs": ("pairs",),
+        "orpo": ("orpo",),
+        "eval": ("evaluation",),
+    }[kind]
+    return ("data", *(f"{FLAG}.{key}" for key in ("reasoner", "seed", "sft", *own)))
+
+
+def begin_branch(
+    run: RunDirectory,
+    source: Path,
+    after: str,
+    settings: dict[str, Any] | None,
+    ranks: Ranks = ONE_PROCESS,
+) -> list[str]:
+    """Copy the finished phases of the run in ``source``, through ``after``, into the empty ``run``; returns
+    the phases copied. ``settings`` are the branch's (the source's are in its manifest): where both are
+    known, a difference at a key that a copied phase depends on is refused, naming the keys. With several
+    processes rank 0 copies and the others read the manifest once it has."""
+    manifest = read_manifest(source)
+    finished = list(manifest["phases"])
+    if after not in finished:
+        raise RunMismatchError(
+            f"model.init_args.branch_after: {source} has not finished a phase {after!r}; its finished "
+            f"phases: {', '.join(finished) or 'none'}"
+        )
+    phases = finished[: finished.index(after) + 1]
+    if settings is not None and manifest.get("settings") is not None:
+        keys = {key for phase in phases for key in phase_settings(phase)}
+        changed = sorted(
+            key
+            for key in setting_differences(manifest["settings"], settings)
+            if key not in ADJUSTABLE and any(key == k or key.startswith(f"{k}.") for k in keys)
+        )
+        if changed:
+            raise RunMismatchError(
+                f"model.init_args.branch_from: the phases copied from {source} (through {after}) were made "
+                f"with other settings than this run's, at: {', '.join(changed[:8])}; branch after an earlier "
+                "phase, or use the same settings there"
+            )
+    if ranks.writer:
+        run.copy_phases(source, phases, [path for phase in phases for path in phase_paths(phase)])
+        print(f"[sapo] began {run.path} with {len(phases)} phases of {source} (through {after})")
+    ranks.barrier()
+    if not ranks.writer:
+        run.manifest = read_manifest(run.path)
+    return phases

@@ -1,0 +1,215 @@
+"""Branches (a run begun with another run's phases) and the comparison of arms built on them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import loop_env
+
+from sapo.eval.reasoner import paired_difference
+from sapo.evolution.branch import begin_branch, phase_paths, phase_settings
+from sapo.evolution.compare import Arm, compare_arms, heldout_outcomes
+from sapo.evolution.run_directory import RunDirectory, RunMismatchError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SAPO = str(Path(sys.executable).with_name("sapo"))
+
+
+def _settings(**init_args) -> dict:
+    base = {"seed": 0, "sampling": {"temperature": 0.7}, "pairs": {"source": "verifier"}, "run_dir": "x"}
+    return {
+        "model": {"class_path": "sapo.evolution.SelfEvolution", "init_args": {**base, **init_args}},
+        "data": {},
+    }
+
+
+def _source_run(path: Path) -> RunDirectory:
+    """A finished run of three phases, its artifacts written by hand (no model is trained here)."""
+    run = RunDirectory(path, _settings(run_dir=str(path)))
+    (path / "sft" / "reasoner").mkdir(parents=True)
+    (path / "sft" / "reasoner" / "model.safetensors").write_bytes(b"weights")
+    run.finish("sft", reasoner=str(path / "sft" / "reasoner"), pairs=3)
+    parts = path / "samples_0.parts"
+    parts.mkdir()
+    (parts / "settings.json").write_text(json.dumps({"fingerprint": run.fingerprint}))
+    (parts / "chunk_00000.jsonl").write_text('{"question_id": "q0"}\n')
+    (path / "samples_0.jsonl").write_text('{"question_id": "q0"}\n')
+    run.finish("samples_0", trajectories=1, vllm_engine={"checkpoint": str(path / "sft" / "reasoner")})
+    (path / "heldout_0.jsonl").write_text('{"question_id": "q0", "outcome": true}\n')
+    run.finish("eval_0", heldout_accuracy=1.0)
+    return run
+
+
+def test_a_branch_begins_with_the_copied_phases_pointing_at_its_own_files(tmp_path):
+    source = _source_run(tmp_path / "source")
+    branch = RunDirectory(
+        tmp_path / "branch", _settings(run_dir=str(tmp_path / "branch"), pairs={"source": "rft"})
+    )
+    copied = begin_branch(branch, source.path, "samples_0", branch.manifest["settings"])
+
+    assert copied == ["sft", "samples_0"] and branch.finished == ["sft", "samples_0"]
+    assert not (branch.path / "heldout_0.jsonl").exists()  # after the branch point: not copied
+    weights = branch.path / "sft" / "reasoner" / "model.safetensors"
+    assert weights.read_bytes() == b"weights"
+    assert branch.summary("sft")["reasoner"] == str(branch.path / "sft" / "reasoner")
+    assert branch.summary("samples_0")["vllm_engine"]["checkpoint"] == str(branch.path / "sft" / "reasoner")
+    record = json.loads((branch.path / "samples_0.parts" / "settings.json").read_text())
+    assert record["fingerprint"] == branch.fingerprint != source.fingerprint
+    # the source's own record is untouched (the copy's was replaced, not written through a link)
+    assert json.loads((source.path / "samples_0.parts" / "settings.json").read_text())["fingerprint"] == (
+        source.fingerprint
+    )
+    reopened = RunDirectory(branch.path, branch.manifest["settings"])  # as a rerun of the branch sees it
+    assert reopened.finished == ["sft", "samples_0"]
+    assert os.stat(weights).st_ino == os.stat(source.path / "sft" / "reasoner" / "model.safetensors").st_ino
+
+
+def test_a_branch_refuses_a_phase_the_source_has_not_finished(tmp_path):
+    source = _source_run(tmp_path / "source")
+    branch = RunDirectory(tmp_path / "branch", _settings())
+    with pytest.raises(RunMismatchError, match=r"branch_after.*'orpo_1'.*sft, samples_0, eval_0"):
+        begin_branch(branch, source.path, "orpo_1", branch.manifest["settings"])
+    with pytest.raises(RunMismatchError, match="no manifest.json"):
+        begin_branch(branch, tmp_path / "nowhere", "sft", None)
+    assert branch.finished == []
+
+
+def test_a_branch_refuses_settings_that_a_copied_phase_depends_on(tmp_path):
+    source = _source_run(tmp_path / "source")
+    hotter = _settings(sampling={"temperature": 1.0})
+    branch = RunDirectory(tmp_path / "branch", hotter)
+    with pytest.raises(RunMismatchError, match=r"model\.init_args\.sampling\.temperature"):
+        begin_branch(branch, source.path, "samples_0", hotter)
+    assert begin_branch(branch, source.path, "sft", hotter) == ["sft"]  # sampling comes after the SFT phase
+    with pytest.raises(RunMismatchError, match="already holds phases"):
+        branch.copy_phases(source.path, ["sft"], ["sft"])
+
+
+def test_phase_paths_and_settings_name_each_phase_of_the_loop():
+    assert phase_paths("samples_2") == ["samples_2.jsonl", "samples_2.parts", "logs/phases/samples_2"]
+    assert phase_paths("orpo_1")[0] == "iteration_1"
+    assert "model.init_args.labelling.initial_strategy" in phase_settings("labels_0")
+    assert "model.init_args.labelling.strategy" in phase_settings("labels_1")
+    assert "model.init_args.pairs" not in phase_settings("verifier_1")
+    with pytest.raises(ValueError, match="not a phase"):
+        phase_paths("warmup_1")
+
+
+def _answers(path: Path, outcomes: list[bool]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    RunDirectory(path.parent, None)
+    rows = [{"question_id": f"q{i}", "outcome": o} for i, o in enumerate(outcomes)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_compare_arms_pairs_every_arm_with_the_reference_and_the_method(tmp_path):
+    _answers(tmp_path / "a" / "heldout_0.jsonl", [True, False, False, False])
+    _answers(tmp_path / "a" / "heldout_1.jsonl", [True, True, True, False])
+    _answers(tmp_path / "b" / "heldout_1.jsonl", [False, True, False, False])
+    sft, method, other = (
+        Arm("SFT", tmp_path / "a", 0),
+        Arm("SAPO 1", tmp_path / "a", 1),
+        Arm("B", tmp_path / "b", 1),
+    )
+    rows = compare_arms([sft, method, other], reference=sft, method=method)
+    assert [r.accuracy for r in rows] == [0.25, 0.75, 0.25]
+    assert rows[0].vs_reference is None and rows[1].vs_method is None
+    assert rows[2].vs_method == paired_difference([True, True, True, False], [False, True, False, False])
+    assert rows[2].vs_method[0] == pytest.approx(-0.5)
+    _answers(tmp_path / "c" / "heldout_1.jsonl", [True, True, True])
+    with pytest.raises(ValueError, match="different held-out questions"):
+        compare_arms([Arm("C", tmp_path / "c", 1)], reference=sft)
+
+
+def test_heldout_outcomes_names_the_file_and_line_of_a_damaged_answer(tmp_path):
+    (tmp_path / "heldout_0.jsonl").write_text('{"question_id": "q0", "outcome": true}\n{"outcome": true}\n')
+    with pytest.raises(ValueError, match=r"heldout_0\.jsonl, line 2"):
+        heldout_outcomes(tmp_path, 0)
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.spread
+def test_the_reproduction_runs_arms_begun_from_the_method_on_the_smoke_recipe(tmp_path, sapo_cache_dir):
+    spec = importlib.util.spec_from_file_location("reproduction", ROOT / "benchmarks" / "reproduction.py")
+    reproduction = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduction)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    argv = ["--config", str(CONFIGS / "smoke.yaml"), "--iterations", "1", "--arms", "rft,outcome", "--k", "2"]
+    argv += [
+        "--runs",
+        str(runs),
+        "--out",
+        str(out),
+        "--",
+        "--model.init_args.reasoner.cache_dir",
+        sapo_cache_dir,
+    ]
+    old = dict(os.environ)
+    os.environ.update(loop_env())
+    try:
+        reproduction.main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+    method = json.loads((runs / "sapo" / "manifest.json").read_text())["phases"]
+    for arm in ("rft", "outcome"):
+        phases = json.loads((runs / arm / "manifest.json").read_text())["phases"]
+        started = {e["phase"] for e in _events(runs / arm) if e["event"] == "start"}
+        copied = ["sft", "samples_0", "labels_0", "verifier_0", "eval_0", "samples_1"]
+        assert list(phases)[:6] == copied and not started & set(copied)  # copied, never redone
+        assert (runs / arm / "samples_1.jsonl").read_text() == (runs / "sapo" / "samples_1.jsonl").read_text()
+        assert phases["eval_0"]["heldout_accuracy"] == method["eval_0"]["heldout_accuracy"]
+        assert "orpo_1" in started and "eval_1" in started
+    rft = json.loads((runs / "rft" / "manifest.json").read_text())["phases"]
+    outcome = json.loads((runs / "outcome" / "manifest.json").read_text())["phases"]
+    assert "labels_1" not in rft and outcome["labels_1"]["strategy"] == "OutcomeSupervision"
+
+    table = json.loads((out / "table.json").read_text())
+    assert [r["name"] for r in table] == ["SFT", "RFT", "SAPO 1", "outcome labels (no process feedback)"]
+    sft_answers = heldout_outcomes(out.parent / "runs" / "sapo", 0)
+    for row in table[1:]:
+        answers = heldout_outcomes(Path(row["run_dir"]), row["iteration"])
+        ids = sorted(sft_answers)
+        expected = paired_difference([sft_answers[i] for i in ids], [answers[i] for i in ids])
+        assert row["vs_reference"] == pytest.approx(list(expected))
+    assert table[1]["label_cost"] == {} and table[3]["label_cost"].get("completions", 0) == 0  # no rollouts
+    assert table[2]["label_cost"] == method["labels_1"]["cost"]
+    assert (out / "accuracy.png").stat().st_size > 0 and (out / "heldout_rft.jsonl").is_file()
+
+    # rerunning an arm resumes it: nothing is started again
+    before = len(_events(runs / "rft"))
+    command = [
+        SAPO,
+        "fit",
+        "--config",
+        str(CONFIGS / "smoke.yaml"),
+        "--config",
+        str(CONFIGS / "ablations" / "rft.yaml"),
+    ]
+    command += [
+        "--model.init_args.run_dir",
+        str(runs / "rft"),
+        "--trainer.default_root_dir",
+        str(runs / "rft"),
+    ]
+    command += ["--model.init_args.iterations", "1", "--model.init_args.branch_from", str(runs / "sapo")]
+    command += [
+        "--model.init_args.branch_after",
+        "samples_1",
+        "--model.init_args.reasoner.cache_dir",
+        sapo_cache_dir,
+    ]
+    result = subprocess.run(command, env=loop_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not [e for e in _events(runs / "rft")[before:] if e["event"] == "start"]
