@@ -133,7 +133,7 @@ class SelfEvolution:
             raise ValueError(
                 "model.init_args.branch_from and model.init_args.branch_after: give both or neither"
             )
-        self.branch_from, self.branch_after = branch_from and Path(branch_from), branch_after
+        self.branch_from, self.branch_after = branch_from, branch_after
         if iterations < 0:
             raise ValueError(f"model.init_args.iterations must be at least 0, got {iterations}")
         if release_heap_every_n_steps < 0:
@@ -189,7 +189,7 @@ class SelfEvolution:
             self.run_dir, settings, extendable=EXTENDABLE, adjustable=ADJUSTABLE, rank=ranks.rank
         )
         if self.branch_from is not None and not self.run.finished:
-            begin_branch(self.run, self.branch_from, self.branch_after, settings, ranks)
+            begin_branch(self.run, Path(self.branch_from), self.branch_after, settings, ranks)
         done = self.run.finished
         if done and ranks.writer:
             print(f"[sapo] resuming {self.run_dir}: {len(done)} phases finished ({done[-1]} last)")
