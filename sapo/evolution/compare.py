@@ -10,6 +10,7 @@ differences are paired (:func:`~sapo.eval.reasoner.paired_difference`).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -150,7 +151,8 @@ def write_comparison(
 
 
 def _file_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.lower()).strip("_")
+    """A row's name as a file name: ``Monte Carlo labels (SIPF)`` -> ``monte_carlo_labels_sipf``."""
+    return re.sub(r"[^a-z0-9.-]+", "_", name.lower()).strip("_")
 
 
 def _plot(results: Sequence[ArmResult], path: Path, reference: str) -> None:
