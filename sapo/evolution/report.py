@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sapo.eval.reasoner import paired_difference
+from sapo.evolution.compare import heldout_outcomes
 from sapo.evolution.run_directory import RunDirectory
 
 __all__ = ["write_metrics_csv", "write_report"]
@@ -178,11 +178,8 @@ def _memory(entry: dict[str, Any]) -> str:
 
 def _heldout_outcomes(run: RunDirectory, iteration: int) -> dict[str, bool]:
     """Question id -> solved, from the iteration's greedy held-out answers (empty if not written)."""
-    path = run.path / f"heldout_{iteration}.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {row["question_id"]: bool(row.get("outcome")) for row in rows}
+    written = (run.path / f"heldout_{iteration}.jsonl").is_file()
+    return heldout_outcomes(run.path, iteration) if written else {}
 
 
 def _plots(

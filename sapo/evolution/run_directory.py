@@ -162,8 +162,7 @@ class RunDirectory:
             elif origin.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(origin, target)
-        for record in self.path.glob(f"*.parts/{SETTINGS}"):
-            record.unlink()  # a link to the source's record: replaced, not written through
+        for record in self.path.glob(f"*.parts/{SETTINGS}"):  # a rename replaces the link to the source's
             write_json_atomic(record, {"fingerprint": self.fingerprint})
         # the summaries name the source by the run_dir it ran with, which may be spelled other than ``source``
         named = _lookup(manifest.get("settings"), "model.init_args.run_dir")
