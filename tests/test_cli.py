@@ -151,7 +151,7 @@ def _local_data_overrides(recipe: str) -> list[str]:
 def test_every_recipe_builds_and_its_task_gives_gold_solutions(recipe, tmp_path, monkeypatch, sapo_cache_dir):
     monkeypatch.chdir(tmp_path)
     args = _recipe_args(recipe)
-    loop = "SelfEvolution" in (CONFIGS / recipe).read_text() or len(args) > 2
+    loop = "Evolution" in (CONFIGS / recipe).read_text() or len(args) > 2
     backbone = "reasoner" if loop else "backbone"
     args += [  # run=False: no subcommand, the classes are only instantiated
         *_local_data_overrides(recipe),

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sapo.data.pairs import build_pairs, rft_pairs, trajectory_reward, unpaired_correct
+from sapo.data.pairs import build_pairs, outcome_pairs, rft_pairs, trajectory_reward, unpaired_correct
 from sapo.data.trajectory import Trajectory
 
 
@@ -204,3 +204,28 @@ def test_rft_pairs_are_distinct_correct_solutions_without_rejected_side():
     assert all(p.rejected is None and p.margin is None for p in pairs)
     by_answer = rft_pairs(trajectories, dedup_key=lambda t: " ".join(t.steps[-1].lower().split()))
     assert len(by_answer) == 2
+
+
+def test_outcome_pairs_put_right_over_wrong_hardest_wrong_first():
+    def t(qid, steps, outcome):
+        return Trajectory(question_id=qid, question="q", steps=steps, outcome=outcome)
+
+    trajectories = [
+        t("a", ["r1"], True),
+        t("a", ["w1"], False),
+        t("a", ["w2"], False),
+        t("a", ["r2"], True),
+        t("b", ["w"], False),  # b has no right answer: no pair
+        t("c", ["same"], True),
+        t("c", ["Same"], False),  # the same solution (normalised) is never a pair
+    ]
+    scores = [[0.2], [0.1], [0.9], [0.6], [0.5], [0.5], [0.5]]
+    pairs = outcome_pairs(
+        trajectories, scores, max_pairs_per_question=2, prompt={"a": "PA", "b": "PB", "c": "PC"}
+    )
+    # the wrong answer the verifier liked (w2, 0.9) first, over the best-rated right one (r2); then w1 with r1,
+    # the unused sides, although the verifier preferred w2 to both right answers
+    assert [(p.chosen, p.rejected) for p in pairs] == [(["r2"], ["w2"]), (["r1"], ["w1"])]
+    assert pairs[0].margin == pytest.approx(0.6 - 0.9) and pairs[0].prompt == "PA"
+    with pytest.raises(ValueError, match="trajectory 1"):
+        outcome_pairs(trajectories, [[0.2], [1.5], *scores[2:]])

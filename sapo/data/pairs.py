@@ -17,6 +17,7 @@ from sapo.data.trajectory import Trajectory
 
 __all__ = [
     "build_pairs",
+    "outcome_pairs",
     "rft_pairs",
     "trajectory_reward",
 ]
@@ -181,6 +182,52 @@ def build_pairs(
             members, trajectories, rewards, margin, require_correct_chosen, dedup_key
         )
         for gap, w, lose in select_pairs(candidates, max_pairs_per_question):
+            pairs.append(
+                PreferencePair(
+                    question_id=question_id,
+                    prompt=prompt_of(trajectories[w], prompt),
+                    chosen=list(trajectories[w].steps),
+                    rejected=list(trajectories[lose].steps),
+                    margin=gap,
+                )
+            )
+    return pairs
+
+
+def outcome_pairs(
+    trajectories: Sequence[Trajectory],
+    scores: Sequence[Sequence[float]],
+    max_pairs_per_question: int = 4,
+    prompt: PromptSource = None,
+    dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
+) -> list[PreferencePair]:
+    """SPHERE's pairs: a right solution (outcome True) over a wrong one (outcome False) of the same question,
+    whatever the verifier's rewards; the rewards choose which.
+
+    Candidates are ordered by the rejected side's reward, highest first (the wrong solutions the verifier
+    rated best are the ones the reasoner most needs to unlearn), then by the chosen side's reward, highest
+    first, then by input order; :func:`select_pairs` takes up to ``max_pairs_per_question`` with its reuse
+    rule. Each pair's ``margin`` is ``r_w - r_l`` (negative where the verifier preferred the wrong side).
+    Solutions equal under ``dedup_key`` are never paired; ``scores`` are checked as in :func:`build_pairs`.
+    """
+    check_pair_settings(0.0, max_pairs_per_question)
+    rewards = checked_rewards(trajectories, scores)
+    by_question: dict[str, list[int]] = {}
+    for index, trajectory in enumerate(trajectories):
+        by_question.setdefault(trajectory.question_id, []).append(index)
+    pairs = []
+    for question_id, members in by_question.items():
+        right = [i for i in members if trajectories[i].outcome is True]
+        wrong = [i for i in members if trajectories[i].outcome is False]
+        candidates = [
+            (w, lose)
+            for w in right
+            for lose in wrong
+            if dedup_key(trajectories[w]) != dedup_key(trajectories[lose])
+        ]
+        candidates.sort(key=lambda c: (-rewards[c[1]], -rewards[c[0]], c[0], c[1]))
+        ordered = [(rewards[w] - rewards[lose], w, lose) for w, lose in candidates]
+        for gap, w, lose in select_pairs(ordered, max_pairs_per_question):
             pairs.append(
                 PreferencePair(
                     question_id=question_id,

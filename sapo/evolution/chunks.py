@@ -22,7 +22,7 @@ from sapo.rollout import GenerationBackend, Sampler, TaskRolloutSampler, derive_
 from sapo.supervision import SupervisionStrategy
 from sapo.supervision.protocols import StepScorer
 
-__all__ = ["label_in_chunks", "label_subset", "sample_in_chunks", "sampler_factory"]
+__all__ = ["label_in_chunks", "label_subset", "sample_in_chunks", "sampler_factory", "trajectories_in_chunks"]
 
 #: builds the sampler of one chunk from its seed
 SamplerFactory = Callable[[int], Sampler]
@@ -60,17 +60,32 @@ def sample_in_chunks(
     cost: Cost,
     ranks: Ranks = ONE_PROCESS,
 ) -> list[Trajectory]:
-    """K checked, deduplicated trajectories per question; finished chunks in ``store`` are read back, the
-    others sampled and written (each by the rank it belongs to). Every chunk's sampling cost, made by this
-    process or another, is added to ``cost``."""
+    """K checked, deduplicated trajectories per question, chunk by chunk (:func:`trajectories_in_chunks`)."""
+
+    def sample(chunk: Sequence[Question], chunk_seed: int) -> tuple[list[Trajectory], Cost]:
+        chunk_sampler = sampler(chunk_seed)
+        adapter = TaskRolloutSampler(chunk_sampler, task, chunk)
+        return adapter.sample_trajectories(chunk, samples_per_question), chunk_sampler.cost
+
+    return trajectories_in_chunks(chunks, sample, seed, store, cost, ranks)
+
+
+def trajectories_in_chunks(
+    chunks: Sequence[Sequence[Question]],
+    make: Callable[[Sequence[Question], int], tuple[list[Trajectory], Cost]],
+    seed: int,
+    store: ChunkedJsonl,
+    cost: Cost,
+    ranks: Ranks = ONE_PROCESS,
+) -> list[Trajectory]:
+    """The trajectories ``make(chunk, chunk_seed)`` gives for each chunk of questions, with what they cost;
+    finished chunks in ``store`` are read back, the others made and written (each by the rank it belongs
+    to). Every chunk's cost, made by this process or another, is added to ``cost``."""
     for index, chunk in enumerate(chunks):
         if ranks.mine(index) and not store.has(index):
             store.start(index, of=len(chunks))
-            chunk_sampler = sampler(derive_seed(seed, index))
-            adapter = TaskRolloutSampler(chunk_sampler, task, chunk)
-            store.write(
-                index, adapter.sample_trajectories(chunk, samples_per_question), cost=chunk_sampler.cost
-            )
+            trajectories, chunk_cost = make(chunk, derive_seed(seed, index))
+            store.write(index, trajectories, cost=chunk_cost)
             progress(store.phase, index, len(chunks), ranks)
     ranks.barrier()
     trajectories: list[Trajectory] = []

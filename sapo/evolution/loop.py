@@ -56,7 +56,7 @@ from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunk
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
 from sapo.evolution.distributed import Ranks, device_for_rank, launch, torch_threads_for_rank
 from sapo.evolution.memory import PhaseMemory, release_memory
-from sapo.evolution.report import write_metrics_csv, write_report
+from sapo.evolution.report import publish_iteration, write_report
 from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory, setting_differences
 from sapo.evolution.settings import (
     FLAG,
@@ -70,7 +70,7 @@ from sapo.evolution.settings import (
 )
 from sapo.evolution.trainers import iteration_loggers, phase_trainer
 from sapo.models.backbone import BackboneSpec, LoraSettings, load_tokenizer
-from sapo.models.reasoner import ORPOReasoner
+from sapo.models.reasoner import DPOReasoner, ORPOReasoner
 from sapo.models.verifier import PRMVerifier
 from sapo.rollout import derive_seed
 
@@ -224,6 +224,10 @@ class SelfEvolution:
             pairs_file = self._pairs_phase(t, verifier, all_samples)
             reasoner = self._orpo_phase(t, pairs_file, reasoner)
             self._eval_phase(t, reasoner, verifier)
+        return self._finish()
+
+    def _finish(self) -> list[dict]:
+        """The run's end: the report, and the per-iteration metrics :meth:`fit` returns."""
         metrics = self._iteration_metrics()
         if self.ranks.writer:
             write_report(self.run, metrics)
@@ -438,7 +442,9 @@ class SelfEvolution:
                 "sft": replace(self.reasoner_spec, name_or_path=self.run.summary("sft")["reasoner"]),
                 "previous": replace(self.reasoner_spec, name_or_path=str(previous)),
             }[self.orpo.init]
-            module = self._reasoner_module(init, self.orpo.learning_rate, self.orpo.warmup_ratio)
+            module = self._reasoner_module(
+                init, self.orpo.learning_rate, self.orpo.warmup_ratio, self.orpo.loss
+            )
             replayed = self.data.replayed_gold(pairs, module.tokenizer) if self.orpo.replay_gold else []
             self._fit(
                 name,
@@ -468,20 +474,8 @@ class SelfEvolution:
         if self.run.done(name):
             return
         metrics = self._phase(name, work, everywhere=False)  # greedy answers to one held-out set: on rank 0
-        if not self.ranks.writer:
-            return
-        scalars = {
-            f"iteration/{k}": float(v)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and v is not None and k not in ("iteration", "finished_at")
-        }
-        for logger in self._loggers:
-            logger.log_metrics(scalars, step=t)
-            logger.save()
-        write_metrics_csv(self.run_dir / "logs" / "iterations" / "metrics.csv", self._iteration_metrics())
-        summary = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in scalars.items())
-        print(f"[sapo] iteration {t}: {summary}")
-        write_report(self.run, self._iteration_metrics())
+        if self.ranks.writer:
+            publish_iteration(self.run, self._loggers, t, metrics, self._iteration_metrics())
 
     def _heldout_metrics(
         self, t: int, questions: list, reasoner: Path, verifier: Path | None
@@ -546,18 +540,19 @@ class SelfEvolution:
         return self._prompts
 
     def _label_cost_so_far(self, t: int) -> dict[str, Any]:
-        total = Cost()
-        for i in range(t + 1):
-            entry = self.run.manifest["phases"].get(f"labels_{i}")
-            if entry and "cost" in entry:
-                total = total + Cost.from_dict(entry["cost"])
-        return total.to_dict()
+        return self.run.summed_cost([f"labels_{i}" for i in range(t + 1)]).to_dict()
 
     def _iteration_metrics(self) -> list[dict[str, Any]]:
         phases = self.run.manifest["phases"]
         return [phases[f"eval_{t}"] for t in range(self.iterations + 1) if f"eval_{t}" in phases]
 
-    def _reasoner_module(self, spec: BackboneSpec, learning_rate: float, warmup_ratio: float) -> ORPOReasoner:
+    def _reasoner_module(
+        self, spec: BackboneSpec, learning_rate: float, warmup_ratio: float, loss: str = "orpo"
+    ) -> ORPOReasoner:
+        """SFT's and a round's reasoner: ORPO (SFT's rows have no rejected side), or DPO (``orpo.loss``)."""
+        if loss == "dpo":
+            dpo = {"beta": self.orpo.beta, "sft_weight": self.orpo.sft_weight}
+            return DPOReasoner(spec, **dpo, learning_rate=learning_rate, warmup_ratio=warmup_ratio)
         return ORPOReasoner(
             spec, orpo_weight=self.orpo.weight, learning_rate=learning_rate, warmup_ratio=warmup_ratio
         )

@@ -12,7 +12,7 @@ from sapo.eval.reasoner import paired_difference
 from sapo.evolution.compare import heldout_outcomes
 from sapo.evolution.run_directory import RunDirectory
 
-__all__ = ["write_metrics_csv", "write_report"]
+__all__ = ["publish_iteration", "write_metrics_csv", "write_report"]
 
 
 def _fmt(value: Any, percent: bool = False) -> str:
@@ -34,6 +34,29 @@ def _agreement(entry: dict[str, Any], part: str) -> str:
         f"{agreement['first_error_accuracy']:.3f} of {agreement['trajectories']} "
         f"({agreement['earlier']} earlier, {agreement['later']} later)"
     )
+
+
+def publish_iteration(
+    run: RunDirectory,
+    loggers: Sequence[Any],
+    t: int,
+    metrics: dict[str, Any],
+    iterations: list[dict[str, Any]],
+) -> None:
+    """Iteration ``t``'s ``metrics`` to the loggers (as ``iteration/<name>`` scalars at step ``t``), one line on
+    the terminal, and the run's ``logs/iterations/metrics.csv`` and report rewritten from ``iterations``."""
+    scalars = {
+        f"iteration/{k}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and v is not None and k not in ("iteration", "finished_at")
+    }
+    for logger in loggers:
+        logger.log_metrics(scalars, step=t)
+        logger.save()
+    write_metrics_csv(run.path / "logs" / "iterations" / "metrics.csv", iterations)
+    summary = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in scalars.items())
+    print(f"[sapo] iteration {t}: {summary}")
+    write_report(run, iterations)
 
 
 def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> None:

@@ -116,6 +116,16 @@ class RunDirectory:
         """What :meth:`finish` recorded for ``phase``."""
         return self.manifest["phases"][phase]
 
+    def summed_cost(self, phases: Sequence[str], key: str = "cost") -> Cost:
+        """The sum of the :class:`~sapo.data.trajectory.Cost` records that finished ``phases`` keep under
+        ``key`` (phases not finished, or without one, add nothing)."""
+        total = Cost()
+        for phase in phases:
+            record = self.manifest["phases"].get(phase, {}).get(key)
+            if record:
+                total = total + Cost.from_dict(record)
+        return total
+
     def start(self, phase: str, **info: Any) -> None:
         self.event("start", phase, **info)
 

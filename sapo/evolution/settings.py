@@ -17,12 +17,15 @@ from sapo.supervision import BinarySearchSupervision, FirstErrorSupervision, Sup
 
 __all__ = [
     "BACKENDS",
+    "CorrectionSettings",
+    "DiversitySettings",
     "EvaluationSettings",
     "LabellingSettings",
     "ORPOSettings",
     "PairSettings",
     "SFTSettings",
     "SamplingSettings",
+    "SearchSettings",
     "VerifierSettings",
 ]
 
@@ -34,6 +37,8 @@ BACKENDS = ("auto", "transformers", "vllm")
 ORPO_INITS = ("base", "sft", "previous")
 VERIFIER_LOSSES = ("bce", "mse")
 PAIR_SOURCES = ("verifier", "rft", "gold")
+PREFERENCE_LOSSES = ("orpo", "dpo")
+SEARCH_METHODS = ("beam", "mcts")
 
 
 def _at_least(group: str, least: int | float, **values: int | float | None) -> None:
@@ -237,8 +242,20 @@ class ORPOSettings:
     """Optimizer steps per round; null: ``epochs`` passes over the round's pairs. Set it to compare arms at
     equal compute (every arm the steps one round of the method took, from its phase log): the round's data
     is cycled as often as needed and cut at this many steps."""
+    loss: str = "orpo"
+    """The round's preference loss: ``orpo`` (SAPO's and SIPF's) or ``dpo`` (SPHERE's; against a frozen copy
+    of the round's starting model, :class:`~sapo.models.reasoner.DPOReasoner`). The phase keeps its name,
+    ``orpo_t``, either way."""
+    beta: float = 0.1
+    """DPO's β (the DPO paper's and TRL's default); unused by ORPO."""
+    sft_weight: float = 0.0
+    """DPO only: weight of the chosen sides' NLL added to the DPO loss (0: DPO's own loss; RPO adds it). Rows
+    without a rejected side (unpaired correct samples, replayed gold) train only through this term."""
 
     def __post_init__(self) -> None:
+        _choice("orpo", "loss", self.loss, PREFERENCE_LOSSES)
+        _positive("orpo", beta=self.beta)
+        _at_least("orpo", 0, sft_weight=self.sft_weight)
         _choice("orpo", "init", self.init, ORPO_INITS)
         _at_least("orpo", 1, epochs=self.epochs)
         if self.max_steps is not None:
@@ -267,3 +284,88 @@ class EvaluationSettings:
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
         )
+
+
+@dataclass
+class SearchSettings:
+    """SPHERE's self-generation: solutions built step by step as a tree that the verifier prunes
+    (:mod:`sapo.rollout.tree_search`)."""
+
+    method: str = "beam"
+    """``beam`` (keep the ``width`` best partial solutions of each question at every depth) or ``mcts`` (UCT
+    over the step tree, ``simulations`` expansions per question)."""
+    width: int = 4
+    """Partial solutions kept per question at each depth (beam search)."""
+    candidates: int = 5
+    """Candidate next steps the reasoner proposes at each node (SPHERE: 5)."""
+    temperature: float = 0.8
+    """The reasoner's sampling temperature for candidate steps (SPHERE: 0.8)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1.0: off)."""
+    max_depth: int = 8
+    """Steps at most in a solution; a path still unfinished at this depth is a (usually wrong) leaf."""
+    step_max_new_tokens: int = 64
+    """Token budget of one step."""
+    simulations: int = 8
+    """MCTS only: expansions per question."""
+    exploration: float = 1.0
+    """MCTS only: the UCT exploration constant."""
+    questions_per_iteration: int | None = 128
+    """Training questions searched per iteration (a fresh seeded draw each iteration); null: all."""
+    batch_size: int = 32
+    """Rows per model call of the transformers backend."""
+    include_gold: bool = False
+    """The gold solutions of searched questions that have one (D_org) join the leaves, scored by the verifier,
+    as ``sampling.include_gold`` adds them to D_0: a right side for the pairs of a question whose search found
+    none. Not in SPHERE, whose pairs come from its own leaves; the smoke recipe needs it (a random model finds
+    no right answer)."""
+
+    def __post_init__(self) -> None:
+        _choice("search", "method", self.method, SEARCH_METHODS)
+        _at_least("search", 1, width=self.width, candidates=self.candidates, max_depth=self.max_depth)
+        _at_least("search", 1, step_max_new_tokens=self.step_max_new_tokens, simulations=self.simulations)
+        _at_least(
+            "search", 1, questions_per_iteration=self.questions_per_iteration, batch_size=self.batch_size
+        )
+        _at_least("search", 0, temperature=self.temperature, exploration=self.exploration)
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"{FLAG}.search.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class DiversitySettings:
+    """SPHERE's diversity induction: a second model proposes candidate steps beside the reasoner's, so that
+    the leaves cover more than one way to the answer."""
+
+    model: str | None = None
+    """The second model: any causal LM ``reasoner`` could name (hub id, folder, GGUF, ``smollm2-135m-instruct``)
+    with the reasoner's tokenizer. null: the reasoner itself proposes these candidates too, at
+    ``temperature`` (a CPU recipe's stand-in when no second model is at hand)."""
+    candidates: int = 10
+    """Candidate steps it proposes at each node (SPHERE: about 10); 0: no diversity induction."""
+    temperature: float = 1.0
+    """Its sampling temperature (not in SPHERE's summary: 1.0, above the reasoner's 0.8, so that a stand-in
+    proposes other steps than the reasoner's)."""
+
+    def __post_init__(self) -> None:
+        _at_least("diversity", 0, candidates=self.candidates, temperature=self.temperature)
+
+
+@dataclass
+class CorrectionSettings:
+    """SPHERE's self-correction: wrong leaves are rewritten from their first error
+    (:func:`~sapo.supervision.self_correct`); each success pairs the rewrite over the original."""
+
+    attempts: int = 4
+    """Continuations sampled from the step before the first error, stopping at the first right one."""
+    threshold: float = 0.5
+    """A step whose verifier score is below this is wrong; the first such step is the first error (none:
+    the largest score drop)."""
+    per_iteration: int | None = 64
+    """Wrong leaves rewritten per iteration (a seeded draw); null: all; 0: no self-correction."""
+
+    def __post_init__(self) -> None:
+        _at_least("correction", 1, attempts=self.attempts)
+        _at_least("correction", 0, per_iteration=self.per_iteration)
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"{FLAG}.correction.threshold must be in (0, 1), got {self.threshold}")

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sapo.data.preference import IGNORE_INDEX
 
-__all__ = ["chunked_labelled_logprob", "sequence_logprob", "log1mexp", "orpo_loss"]
+__all__ = ["chunked_labelled_logprob", "sequence_logprob", "log1mexp", "orpo_loss", "dpo_loss"]
 
 #: elements per chunk of :class:`LabelledTokenLogprob`'s backward pass (2**24 float32 values: 64 MiB)
 BACKWARD_CHUNK_ELEMENTS = 2**24
@@ -217,4 +217,52 @@ def orpo_loss(
         "chosen_logp": chosen_logp.mean().detach(),
         "rejected_logp": (rejected_logp * has_rejected).sum().detach() / pairs,
         "reward_accuracy": ((chosen_logp > rejected_logp) & has_rejected).float().sum().detach() / pairs,
+    }
+
+
+def dpo_loss(
+    policy_chosen_logp: torch.Tensor,
+    policy_rejected_logp: torch.Tensor,
+    reference_chosen_logp: torch.Tensor,
+    reference_rejected_logp: torch.Tensor,
+    beta: float = 0.1,
+    has_rejected: torch.Tensor | None = None,
+    chosen_nll: torch.Tensor | None = None,
+    sft_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO (Rafailov et al. 2023), with RPO's optional SFT term (Pang et al. 2024):
+    ``L = -mean over pairs of log sigmoid(beta * [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log
+    pi_ref(y_l))]) + sft_weight * NLL(y_w)``.
+
+    Unlike ORPO's, the log-probabilities are summed over a sequence's labelled tokens, ``log pi(y|x) = sum_t
+    log p(y_t | x, y_<t)``, for the policy and for the frozen reference ``pi_ref`` (constants: computed
+    without gradient). ``beta * (log pi(y) - log pi_ref(y))`` is a side's implicit reward; beta = 0.1 is the
+    DPO paper's and TRL's default. ``chosen_nll`` is ``NLL(y_w)``, the mean over every row of the chosen
+    sides' token-averaged negative log-likelihood; ``sft_weight = 0`` is DPO's own loss. Rows where
+    ``has_rejected`` is False contribute to the SFT term only; without pairs the preference term is 0 (with
+    a graph). Returns the loss and the terms worth logging, pair terms averaged over the pairs.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if sft_weight < 0:
+        raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
+    if sft_weight > 0 and chosen_nll is None:
+        raise ValueError(f"sft_weight = {sft_weight} needs chosen_nll")
+    if has_rejected is None:
+        has_rejected = torch.ones_like(policy_chosen_logp, dtype=torch.bool)
+    chosen_reward = beta * (policy_chosen_logp - reference_chosen_logp)[has_rejected]
+    rejected_reward = beta * (policy_rejected_logp - reference_rejected_logp)[has_rejected]
+    margin = chosen_reward - rejected_reward
+    pairs = has_rejected.float().sum().clamp(min=1)
+    # a sum over pairs, not .mean(): an empty batch of pairs gives 0 (with a graph), not NaN
+    preference = -F.logsigmoid(margin).sum() / pairs
+    loss = preference if chosen_nll is None else preference + sft_weight * chosen_nll
+    terms = {"dpo_loss": preference.detach()}
+    if chosen_nll is not None:
+        terms["nll"] = chosen_nll.detach()
+    return loss, terms | {
+        "chosen_reward": chosen_reward.sum().detach() / pairs,
+        "rejected_reward": rejected_reward.sum().detach() / pairs,
+        "reward_margin": margin.sum().detach() / pairs,
+        "reward_accuracy": (margin > 0).float().sum().detach() / pairs,
     }

@@ -1,4 +1,5 @@
-"""ORPOReasoner: the reasoner as a LightningModule, trained with ORPO, or plain SFT without rejected sides."""
+"""The reasoner as a LightningModule: ORPOReasoner (ORPO, or plain SFT without rejected sides) and
+DPOReasoner (DPO against a frozen reference)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,23 @@ import lightning as L
 import torch
 
 from sapo.models.backbone import BackboneSpec
-from sapo.models.losses import chunked_labelled_logprob, orpo_loss, sequence_logprob
+from sapo.models.losses import chunked_labelled_logprob, dpo_loss, orpo_loss, sequence_logprob
 from sapo.models.schedule import adamw_with_linear_warmup_decay
 
-__all__ = ["ORPOReasoner", "PAIR_TERMS", "decoder_and_head"]
+__all__ = ["DPOReasoner", "ORPOReasoner", "PAIR_TERMS", "decoder_and_head"]
 
 #: logged terms that exist only for rows with a rejected side, so they are averaged over those rows; the
 #: others (``nll``, ``chosen_logp``) are averaged over every row of a batch
-PAIR_TERMS = ("or_loss", "log_odds_ratio", "rejected_logp", "reward_accuracy")
+PAIR_TERMS = (
+    "or_loss",
+    "log_odds_ratio",
+    "rejected_logp",
+    "reward_accuracy",
+    "dpo_loss",
+    "chosen_reward",
+    "rejected_reward",
+    "reward_margin",
+)
 
 #: transformers causal LMs whose logits are exactly ``lm_head(model(...).last_hidden_state)``: no logit
 #: scale or softcapping (subclasses are not included: they may change forward)
@@ -96,15 +106,21 @@ class ORPOReasoner(L.LightningModule):
         only at labelled positions, in chunks (:func:`chunked_labelled_logprob`); otherwise from the full
         logits (:func:`sequence_logprob`). Both give the same values and gradients.
         """
+        return self._logprob_and_count(self.model, batch, side)[0]
+
+    def _logprob_and_count(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], side: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`sequence_logprob` of ``model`` (the policy, or DPO's reference), with each row's count of
+        labelled tokens."""
         input_ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
-        parts = decoder_and_head(self.model)
+        parts = decoder_and_head(model)
         if parts is None:
-            logp, _ = sequence_logprob(self(input_ids, mask), batch[f"{side}_labels"])
-            return logp
+            logits = model(input_ids=input_ids, attention_mask=mask).logits
+            return sequence_logprob(logits, batch[f"{side}_labels"])
         decoder, head = parts
         hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        logp, _ = chunked_labelled_logprob(hidden, head, batch[f"{side}_labels"])
-        return logp
+        return chunked_labelled_logprob(hidden, head, batch[f"{side}_labels"])
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         chosen = self.sequence_logprob(batch, "chosen")
@@ -155,3 +171,95 @@ class ORPOReasoner(L.LightningModule):
         model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
+
+
+class DPOReasoner(ORPOReasoner):
+    """A causal LM trained on preference pairs with DPO (:func:`~sapo.models.losses.dpo_loss`) against a
+    frozen reference; rows without a rejected side carry no loss unless ``sft_weight > 0``.
+
+    Logged under ``train/`` and ``val/`` as :class:`ORPOReasoner` logs: ``loss``; over every row ``nll`` (the
+    chosen sides' token-averaged negative log-likelihood, the SFT term) and ``chosen_logp``; over the pairs
+    ``dpo_loss`` (the preference term), ``chosen_reward`` and ``rejected_reward`` (``beta * (log pi - log
+    pi_ref)`` of summed log-probabilities), ``reward_margin`` (their difference) and ``reward_accuracy`` (the
+    share of pairs whose chosen reward is the higher).
+
+    The reference ``pi_ref`` is the policy as loaded, before any training. For a peft LoRA model it is the
+    same model with its adapter disabled, so no copy is made; otherwise ``reference_model`` is a frozen copy
+    made here: no gradients, always in eval mode, moved to the device with the module, never optimised
+    (:meth:`configure_optimizers` takes ``self.model``'s parameters) and not saved by :meth:`save_pretrained`.
+    Its log-probabilities are computed without gradient at every step.
+
+    Args:
+        backbone: which model to load and how (dtype, LoRA, 4-bit, gradient checkpointing).
+        beta: scale of DPO's implicit reward; 0.1 is the DPO paper's and TRL's default.
+        sft_weight: weight of the chosen sides' NLL added to the loss (RPO, Pang et al. 2024, weigh it 1);
+            0 is DPO's own loss.
+        learning_rate: peak learning rate of AdamW; DPO's own setting (Rafailov et al. 2023: 1e-6 with a
+            batch of 64).
+        weight_decay: AdamW weight decay (TRL's default 0.0).
+        warmup_ratio: share of the optimisation steps spent warming up linearly, after which the rate
+            decays linearly to 0, as :class:`ORPOReasoner` (0.1: SIPF's).
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneSpec,
+        beta: float = 0.1,
+        sft_weight: float = 0.0,
+        learning_rate: float = 1e-6,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.1,
+    ) -> None:
+        # checked before the model loads; dpo_loss checks them again
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
+        super().__init__(
+            backbone,
+            orpo_weight=0.0,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup_ratio=warmup_ratio,
+        )
+        # drops ORPO's weight, which DPOReasoner does not take (load_from_checkpoint passes hparams back)
+        self.save_hyperparameters(ignore="orpo_weight")
+        self.reference_model: torch.nn.Module | None = None
+        if not hasattr(self.model, "disable_adapter"):  # peft models disable their adapter instead
+            self.reference_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> DPOReasoner:
+        super().train(mode)
+        if self.reference_model is not None:  # pi_ref is fixed: no dropout, whatever the module's mode
+            self.reference_model.eval()
+        return self
+
+    def reference_logprob(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
+        """Summed log-probability of each row's labelled tokens on ``side`` under the reference, without
+        gradient."""
+        with torch.no_grad():
+            if self.reference_model is not None:
+                mean, count = self._logprob_and_count(self.reference_model, batch, side)
+            else:
+                with self.model.disable_adapter():
+                    mean, count = self._logprob_and_count(self.model, batch, side)
+        return mean * count
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        chosen, chosen_count = self._logprob_and_count(self.model, batch, "chosen")
+        nll = -chosen.mean()
+        row_terms = {"nll": nll.detach(), "chosen_logp": chosen.mean().detach()}
+        if "rejected_input_ids" not in batch:  # times 0 when sft_weight is 0: a zero with a graph
+            return self.hparams.sft_weight * nll, row_terms
+        rejected, rejected_count = self._logprob_and_count(self.model, batch, "rejected")
+        loss, terms = dpo_loss(
+            chosen * chosen_count,
+            rejected * rejected_count,
+            self.reference_logprob(batch, "chosen"),
+            self.reference_logprob(batch, "rejected"),
+            beta=self.hparams.beta,
+            has_rejected=batch["has_rejected"],
+            chosen_nll=nll,
+            sft_weight=self.hparams.sft_weight,
+        )
+        return loss, terms | row_terms

@@ -1,4 +1,5 @@
-"""Generation: batched, seeded, costed sampling of trajectories and of continuations from step prefixes."""
+"""Generation: batched, seeded, costed sampling of trajectories and of continuations from step prefixes, and
+step-level tree search pruned by a verifier."""
 
 from sapo.rollout.generate import (
     Generation,
@@ -17,6 +18,15 @@ from sapo.rollout.sampler import (
     deduplicate,
     task_stop_rule,
 )
+from sapo.rollout.tree_search import (
+    SearchNode,
+    SearchRound,
+    StepBeamSearch,
+    StepMCTS,
+    StepProposer,
+    StepTreeSearch,
+    step_stop_rule,
+)
 from sapo.rollout.vllm_backend import VLLMBackend, VLLMEngine, VLLMEngineError, VLLMOptions, vllm_available
 
 __all__ = [
@@ -24,6 +34,12 @@ __all__ = [
     "Generation",
     "GenerationBackend",
     "Sampler",
+    "SearchNode",
+    "SearchRound",
+    "StepBeamSearch",
+    "StepMCTS",
+    "StepProposer",
+    "StepTreeSearch",
     "StopRule",
     "TaskRolloutSampler",
     "TransformersBackend",
@@ -36,6 +52,7 @@ __all__ = [
     "derive_seed",
     "generate_batched",
     "shared_prefill",
+    "step_stop_rule",
     "task_stop_rule",
     "vllm_available",
 ]

@@ -31,12 +31,19 @@ from sapo.supervision.oracle_scorer import OracleScorer, noisy_score
 from sapo.supervision.outcome import OutcomeSupervision, outcome_labels
 from sapo.supervision.protocols import Prefix, Rollout, RolloutSampler, StepScorer
 from sapo.supervision.random_step import RandomStepSupervision, random_step
+from sapo.supervision.self_correction import (
+    Correction,
+    correction_pairs,
+    scored_first_error,
+    self_correct,
+)
 
 __all__ = [
     "LABEL_RULES",
     "VERDICTS",
     "BinarySearchSupervision",
     "Bisection",
+    "Correction",
     "Detection",
     "Estimate",
     "FirstErrorSupervision",
@@ -53,6 +60,7 @@ __all__ = [
     "SupervisionInputError",
     "SupervisionStrategy",
     "bisect_first_errors",
+    "correction_pairs",
     "expansion_labels",
     "hard_rule",
     "label_rule",
@@ -62,6 +70,8 @@ __all__ = [
     "random_step",
     "rollout_estimate",
     "score_steps",
+    "scored_first_error",
+    "self_correct",
     "soft_rule",
     "verdict",
 ]
