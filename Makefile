@@ -10,7 +10,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sapo-installed
 
-.PHONY: demo test sandbox-deps lint
+.PHONY: demo sphere test sandbox-deps lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ sandbox-deps:
 
 demo: $(STAMP)
 	$(VENV)/bin/sapo fit --config configs/demo.yaml
+
+sphere: $(STAMP)
+	$(VENV)/bin/sapo fit --config configs/sphere.yaml
 
 test: $(STAMP) sandbox-deps
 	$(PY) -m pytest

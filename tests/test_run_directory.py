@@ -50,6 +50,31 @@ def test_the_engines_sizing_may_change_on_a_rerun_and_keeps_the_chunks(tmp_path)
         RunDirectory(tmp_path, with_engine(0.5, dtype="float32"), adjustable=ADJUSTABLE)
 
 
+def test_a_setting_added_since_at_its_null_default_keeps_the_chunks(tmp_path):
+    # a run made before the library had a setting; resumed by a version whose settings hold it, at null
+    run = RunDirectory(tmp_path, settings())
+    run.finish("sft", reasoner="x")
+    ChunkedJsonl(run, "samples_0", "samples_0").write(0, [_trajectory("made")])
+    newer = settings()
+    newer["model"]["init_args"]["compare_with"] = None
+    resumed = RunDirectory(tmp_path, newer)
+    assert resumed.fingerprint == run.fingerprint
+    assert ChunkedJsonl(resumed, "samples_0", "samples_0").read(0)[0].question_id == "made"  # not moved aside
+    # a manifest written before the fingerprint was kept in it: the stored settings' hash
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["fingerprint"] == run.fingerprint
+    del manifest["fingerprint"]
+    manifest["settings"] = settings()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert RunDirectory(tmp_path, newer).fingerprint == run.fingerprint
+    # a run with no finished phase takes the settings it is given, and their hash
+    fresh = tmp_path / "fresh"
+    assert (
+        RunDirectory(fresh, settings(margin=0.3)).fingerprint
+        != RunDirectory(fresh, settings(margin=0.5)).fingerprint
+    )
+
+
 def test_a_damaged_manifest_is_named(tmp_path):
     (tmp_path / "manifest.json").write_text('{"phases": ')
     with pytest.raises(RunMismatchError, match="manifest.json is not valid JSON"):

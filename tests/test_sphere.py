@@ -15,6 +15,7 @@ from test_loop import _chunk_finished, _phase_started, _run_until
 
 from sapo.cli import SapoCLI
 from sapo.data.trajectory import read_jsonl
+from sapo.eval.reasoner import paired_difference
 from sapo.models.backbone import BackboneSpec
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -26,12 +27,12 @@ pytestmark = pytest.mark.slow
 SPHERE_FILES = ("search_1.jsonl", "corrections_1.jsonl", "pairs_1.jsonl", "heldout_1.jsonl")
 
 
-def _command(run_dir: Path, cache: str, *extra: str) -> list[str]:
+def _command(recipe: str, run_dir: Path, cache: str, *extra: str) -> list[str]:
     return [
         SAPO,
         "fit",
         "--config",
-        str(CONFIGS / "sphere_smoke.yaml"),
+        str(CONFIGS / recipe),
         "--data.init_args.chunk_size",
         "2",
         *extra,
@@ -43,10 +44,28 @@ def _command(run_dir: Path, cache: str, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def whole_run(tmp_path_factory, sapo_cache_dir):
+def sapo_run(tmp_path_factory, sapo_cache_dir):
+    """SAPO's smoke loop, one iteration: the run every SPHERE run here begins from (its first five phases)."""
+    cwd = tmp_path_factory.mktemp("sapo_smoke")
+    run_dir = cwd / "runs" / "sapo"
+    command = _command("smoke.yaml", run_dir, sapo_cache_dir, "--model.init_args.iterations", "1")
+    assert _run_until(command, cwd, run_dir, lambda events: False) == "finished"
+    return run_dir
+
+
+def _sphere(run_dir: Path, cache: str, source: Path) -> list[str]:
+    branch = ["--model.init_args.branch_from", str(source), "--model.init_args.branch_after", "eval_0"]
+    return _command("sphere_smoke.yaml", run_dir, cache, *branch)
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, sapo_cache_dir, sapo_run):
     cwd = tmp_path_factory.mktemp("sphere_whole")
     run_dir = cwd / "runs" / "sphere"
-    assert _run_until(_command(run_dir, sapo_cache_dir), cwd, run_dir, lambda events: False) == "finished"
+    assert (
+        _run_until(_sphere(run_dir, sapo_cache_dir, sapo_run), cwd, run_dir, lambda events: False)
+        == "finished"
+    )
     return run_dir
 
 
@@ -83,9 +102,29 @@ def test_the_smoke_recipe_searches_corrects_and_trains_with_dpo(whole_run):
     assert "| 1 |" in (whole_run / "report.md").read_text()
 
 
-def test_a_killed_sphere_run_resumes_to_the_same_files(whole_run, tmp_path, sapo_cache_dir):
+def test_the_report_sets_sphere_beside_the_sapo_run_it_began_from(whole_run, sapo_run):
+    # the first five phases are the SAPO run's, copied: the same SFT start answered the same questions
+    assert (whole_run / "heldout_0.jsonl").read_bytes() == (sapo_run / "heldout_0.jsonl").read_bytes()
+    rows = json.loads((whole_run / "comparison" / "table.json").read_text())
+    assert [r["name"] for r in rows] == ["SFT", "SAPO 1", "SPHERE 1"]
+
+    def outcomes(run: Path, t: int) -> list[bool]:
+        return [
+            bool(a.outcome)
+            for a in sorted(read_jsonl(run / f"heldout_{t}.jsonl"), key=lambda a: a.question_id)
+        ]
+
+    sft, sapo, sphere = outcomes(whole_run, 0), outcomes(sapo_run, 1), outcomes(whole_run, 1)
+    assert rows[2]["vs_reference"] == pytest.approx(list(paired_difference(sft, sphere)))
+    assert rows[2]["vs_method"] == pytest.approx(list(paired_difference(sapo, sphere)))
+    assert rows[2]["label_cost"]["completions"] > rows[1]["label_cost"]["completions"] > 0
+    report = (whole_run / "report.md").read_text()
+    assert "## SPHERE beside SAPO" in report and "| SPHERE 1 |" in report
+
+
+def test_a_killed_sphere_run_resumes_to_the_same_files(whole_run, sapo_run, tmp_path, sapo_cache_dir):
     run_dir = tmp_path / "runs" / "sphere"
-    command = _command(run_dir, sapo_cache_dir)
+    command = _sphere(run_dir, sapo_cache_dir, sapo_run)
     for until in (
         _chunk_finished("search_1"),
         _chunk_finished("corrections_1"),

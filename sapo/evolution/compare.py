@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sapo.data.trajectory import Cost
 from sapo.eval.reasoner import paired_difference
-from sapo.evolution.run_directory import read_manifest
+from sapo.evolution.run_directory import read_manifest, round_cost
 
 __all__ = ["Arm", "ArmResult", "compare_arms", "heldout_outcomes", "write_comparison"]
 
@@ -36,8 +35,8 @@ class Arm:
 @dataclass
 class ArmResult:
     """An arm's figures. ``vs_reference`` and ``vs_method`` are (difference, 95% half-width) in accuracy
-    (``None`` for the arm itself); ``label_cost`` adds the run's labelling phases 1..iteration (the
-    rounds' own labels: the first labels, shared by every arm begun from one run, are left out)."""
+    (``None`` for the arm itself); ``label_cost`` is what the run's rounds 1..iteration spent on supervision
+    (:data:`~sapo.evolution.run_directory.ROUND_COSTS`; round 0's labels, shared by every arm begun from one run, are left out)."""
 
     name: str
     run_dir: str
@@ -88,9 +87,7 @@ def compare_arms(arms: Sequence[Arm], reference: Arm, method: Arm | None = None)
         outcomes = heldout_outcomes(arm.run_dir, arm.iteration)
         where = f"{arm.run_dir}/heldout_{arm.iteration}.jsonl"
         phases = read_manifest(arm.run_dir)["phases"]
-        cost = Cost()
-        for t in range(1, arm.iteration + 1):
-            cost = cost + Cost.from_dict(phases.get(f"labels_{t}", {}).get("cost", {}))
+        cost = round_cost(phases, range(1, arm.iteration + 1))
         last_labels = phases.get(f"labels_{arm.iteration}", {})
         results.append(
             ArmResult(

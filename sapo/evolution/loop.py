@@ -57,7 +57,7 @@ from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
 from sapo.evolution.distributed import Ranks, device_for_rank, launch, torch_threads_for_rank
 from sapo.evolution.memory import PhaseMemory, release_memory
 from sapo.evolution.report import publish_iteration, write_report
-from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory, setting_differences
+from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory, round_cost, setting_differences
 from sapo.evolution.settings import (
     FLAG,
     EvaluationSettings,
@@ -540,7 +540,7 @@ class SelfEvolution:
         return self._prompts
 
     def _label_cost_so_far(self, t: int) -> dict[str, Any]:
-        return self.run.summed_cost([f"labels_{i}" for i in range(t + 1)]).to_dict()
+        return round_cost(self.run.manifest["phases"], range(t + 1)).to_dict()
 
     def _iteration_metrics(self) -> list[dict[str, Any]]:
         phases = self.run.manifest["phases"]

@@ -22,10 +22,12 @@ from typing import Any
 from sapo.data.trajectory import Cost, Trajectory, TrajectoryFormatError, iter_jsonl, read_jsonl, write_jsonl
 
 __all__ = [
+    "ROUND_COSTS",
     "ChunkedJsonl",
     "RunDirectory",
     "RunMismatchError",
     "read_manifest",
+    "round_cost",
     "setting_differences",
     "write_json_atomic",
 ]
@@ -86,9 +88,10 @@ class RunDirectory:
             self.manifest = read_manifest(self.path)
         else:
             self.manifest = {"settings": settings, "phases": {}}
+        stored = self.manifest.get("settings")
+        resumed = stored is not None and bool(self.manifest["phases"])
         if settings is not None:
-            stored = self.manifest.get("settings")
-            if stored is not None and self.manifest["phases"]:
+            if resumed:
                 changed = sorted(setting_differences(stored, settings))
                 refused = [
                     key
@@ -102,10 +105,15 @@ class RunDirectory:
                         "to start over"
                     )
             self.manifest["settings"] = settings
-        #: what the run's artifacts depend on: the settings without the extendable and adjustable keys
-        self.fingerprint = _fingerprint(
-            settings if settings is not None else self.manifest.get("settings"), (*extendable, *adjustable)
-        )
+        #: what the run's artifacts depend on: a hash of the settings without the extendable and adjustable
+        #: keys. A resumed run keeps the one its chunks were made under (kept in the manifest; for a manifest
+        #: written before it was kept, the hash of the stored settings): the settings it accepted differ from
+        #: those only where nothing made depends on them, which includes a setting added to the library since,
+        #: at its null default; a new hash would take every finished chunk for another run's.
+        if not resumed or "fingerprint" not in self.manifest:
+            basis = stored if resumed else self.manifest.get("settings")
+            self.manifest["fingerprint"] = _fingerprint(basis, (*extendable, *adjustable))
+        self.fingerprint: str = self.manifest["fingerprint"]
         self._write_manifest()
 
     # --- phases -------------------------------------------------------------------------------------------
@@ -115,16 +123,6 @@ class RunDirectory:
     def summary(self, phase: str) -> dict[str, Any]:
         """What :meth:`finish` recorded for ``phase``."""
         return self.manifest["phases"][phase]
-
-    def summed_cost(self, phases: Sequence[str], key: str = "cost") -> Cost:
-        """The sum of the :class:`~sapo.data.trajectory.Cost` records that finished ``phases`` keep under
-        ``key`` (phases not finished, or without one, add nothing)."""
-        total = Cost()
-        for phase in phases:
-            record = self.manifest["phases"].get(phase, {}).get(key)
-            if record:
-                total = total + Cost.from_dict(record)
-        return total
 
     def start(self, phase: str, **info: Any) -> None:
         self.event("start", phase, **info)
@@ -353,3 +351,17 @@ def setting_differences(a: Any, b: Any, where: str = "") -> Iterable[str]:
             yield from setting_differences(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
     elif _canonical(a) != _canonical(b):
         yield where or "(root)"
+
+
+#: (phase, key of its cost record) of what a round spends on supervision: SAPO's labels, and SPHERE's
+#: verifier-pruned searches and rewrites (its sampling is its supervision)
+ROUND_COSTS = (("labels", "cost"), ("search", "search_cost"), ("corrections", "correction_cost"))
+
+
+def round_cost(phases: dict[str, Any], rounds: Iterable[int]) -> Cost:
+    """What ``rounds`` spent on supervision (:data:`ROUND_COSTS`), from a manifest's finished ``phases``."""
+    total = Cost()
+    for t in rounds:
+        for phase, key in ROUND_COSTS:
+            total = total + Cost.from_dict(phases.get(f"{phase}_{t}", {}).get(key) or {})
+    return total

@@ -33,6 +33,7 @@ from sapo.data.tasks.base import Question
 from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
 from sapo.evolution.backends import frozen_dtype
 from sapo.evolution.chunks import label_subset, progress, sampler_factory, trajectories_in_chunks
+from sapo.evolution.compare import Arm, compare_arms, write_comparison
 from sapo.evolution.data import SAPSDataModule
 from sapo.evolution.loop import SelfEvolution
 from sapo.evolution.settings import FLAG, CorrectionSettings, DiversitySettings, SearchSettings
@@ -59,6 +60,10 @@ class SphereEvolution(SelfEvolution):
         search: the tree search (SPHERE: 5 candidate steps per node at temperature 0.8).
         diversity: the second model's candidate steps (SPHERE: about 10 per node).
         correction: rewriting wrong leaves from their first error.
+        compare_with: a SAPO run directory answered on the same held-out questions (by default the run this
+            one began from, ``branch_from``): the report ends with its iterations set beside this run's,
+            each with paired 95% intervals against the SFT start and against SAPO's last iteration
+            (:func:`~sapo.evolution.compare.compare_arms`; files under ``<run_dir>/comparison``).
     """
 
     def __init__(
@@ -67,9 +72,12 @@ class SphereEvolution(SelfEvolution):
         search: SearchSettings = SearchSettings(),
         diversity: DiversitySettings = DiversitySettings(),
         correction: CorrectionSettings = CorrectionSettings(),
+        compare_with: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        #: the SAPO run set beside this one in the report: the one given, else the run this one began from
+        self.compare_with = compare_with if compare_with is not None else self.branch_from
         # copies: the defaults are shared instances
         self.search, self.diversity, self.correction = copy.deepcopy((search, diversity, correction))
         if self.pairs.source != "verifier":
@@ -116,7 +124,32 @@ class SphereEvolution(SelfEvolution):
             pairs_file = self._sphere_pairs_phase(t, leaves, corrections)
             reasoner = self._orpo_phase(t, pairs_file, reasoner)
             self._eval_phase(t, reasoner, verifier)
-        return self._finish()
+        metrics = self._finish()
+        if self.compare_with is not None and self.ranks.writer:
+            self._compare(Path(self.compare_with))
+        return metrics
+
+    def _compare(self, other: Path) -> None:
+        """This run's iterations beside ``other``'s (SAPO's), appended to the report."""
+        theirs = [t for t in range(1, self.iterations + 1) if (other / f"heldout_{t}.jsonl").is_file()]
+        ours = [t for t in range(1, self.iterations + 1) if (self.run_dir / f"heldout_{t}.jsonl").is_file()]
+        if not theirs:
+            print(f"[sapo] {FLAG}.compare_with: {other} has no finished iteration to compare with")
+            return
+        sapo = Arm(f"SAPO {theirs[-1]}", other, theirs[-1])
+        arms = [Arm("SFT", self.run_dir, 0)] + [Arm(f"SAPO {t}", other, t) for t in theirs]
+        arms += [Arm(f"SPHERE {t}", self.run_dir, t) for t in ours]
+        try:  # the run is finished and reported: a comparison that cannot be made is said, not raised
+            results = compare_arms(arms, reference=arms[0], method=sapo)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"[sapo] {FLAG}.compare_with: no comparison with {other}: {error}")
+            return
+        table = write_comparison(
+            results, self.run_dir / "comparison", "SFT", sapo.name, title=f"SPHERE beside SAPO ({other})"
+        )
+        with (self.run_dir / "report.md").open("a", encoding="utf-8") as report:
+            report.write("\n" + table.read_text(encoding="utf-8").replace("# SPHERE", "## SPHERE", 1))
+        print(f"[sapo] SPHERE beside SAPO: {table}")
 
     def _search_phase(self, t: int, reasoner: Path, verifier: Path) -> list[Trajectory]:
         name, path = f"search_{t}", self.run_dir / f"search_{t}.jsonl"
@@ -311,12 +344,3 @@ class SphereEvolution(SelfEvolution):
 
         self._phase(name, work, everywhere=False)
         return path
-
-    def _label_cost_so_far(self, t: int) -> dict[str, Any]:
-        """The labels' cost (round 0's verifier) and every search's and correction's, through iteration t."""
-        rounds = range(1, t + 1)
-        return (
-            Cost.from_dict(super()._label_cost_so_far(t))
-            + self.run.summed_cost([f"search_{i}" for i in rounds], "search_cost")
-            + self.run.summed_cost([f"corrections_{i}" for i in rounds], "correction_cost")
-        ).to_dict()
