@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from test_supervision import ScriptedScorer
 
 from sapo.data.trajectory import Cost, Trajectory, prefix_labels
 from sapo.supervision import (
@@ -46,16 +47,6 @@ class PrefixSampler:
         return out
 
 
-class TableScorer:
-    def __init__(self, scores: dict[str, list[float]]) -> None:
-        self.scores = scores
-        self.calls: list[list[str]] = []
-
-    def score(self, trajectories: Sequence[Trajectory]) -> list[list[float]]:
-        self.calls.append([t.question_id for t in trajectories])
-        return [list(self.scores[t.question_id]) for t in trajectories]
-
-
 def wrong(question_id: str, steps: int = 4, labels: list[float] | None = None) -> Trajectory:
     return Trajectory(
         question_id=question_id,
@@ -78,7 +69,7 @@ def test_scored_first_error_takes_the_first_step_below_threshold_else_the_larges
 
 def test_rewrites_from_the_located_error_and_keeps_the_prefix() -> None:
     sampler = PrefixSampler({"a": 2, "b": 0})
-    scorer = TableScorer({"a": [0.9, 0.8, 0.2, 0.1], "b": [0.3, 0.2, 0.2, 0.1]})
+    scorer = ScriptedScorer({"a": [0.9, 0.8, 0.2, 0.1], "b": [0.3, 0.2, 0.2, 0.1]})
     right = Trajectory("c", "question c", ["5"], final_answer="5", outcome=True)
     corrections = self_correct([wrong("a"), right, wrong("b")], sampler, scorer, attempts=3)
     assert [c.original.question_id for c in corrections] == ["a", "b"]  # the right answer is left alone
@@ -98,7 +89,7 @@ def test_rewrites_from_the_located_error_and_keeps_the_prefix() -> None:
 
 def test_labels_place_the_error_without_the_verifier() -> None:
     sampler = PrefixSampler({"a": 1, "b": 3})
-    scorer = TableScorer({"b": [0.9, 0.9, 0.9, 0.2]})
+    scorer = ScriptedScorer({"b": [0.9, 0.9, 0.9, 0.2]})
     # a: labelled by a strategy (first error at 1); b: labels that call every step right do not place it
     corrections = self_correct(
         [wrong("a", labels=prefix_labels(4, 1)), wrong("b", labels=[1.0] * 4)], sampler, scorer
@@ -112,7 +103,7 @@ def test_labels_place_the_error_without_the_verifier() -> None:
 def test_a_failed_rewrite_has_no_correction_and_costs_every_attempt() -> None:
     # the verifier places a's error too late (3, the true one is 1): no rewrite from 3 can succeed
     sampler = PrefixSampler({"a": 1, "b": 2}, k_right=2)
-    scorer = TableScorer({"a": [0.9, 0.8, 0.7, 0.1], "b": [0.9, 0.9, 0.1, 0.1]})
+    scorer = ScriptedScorer({"a": [0.9, 0.8, 0.7, 0.1], "b": [0.9, 0.9, 0.1, 0.1]})
     a, b = self_correct([wrong("a"), wrong("b")], sampler, scorer, attempts=4)
     assert a.corrected is None and a.attempts == 4
     assert b.corrected is not None and b.attempts == 2  # stopped at its first right continuation
@@ -122,7 +113,7 @@ def test_a_failed_rewrite_has_no_correction_and_costs_every_attempt() -> None:
 
 def test_pairs_put_the_correction_over_the_original_once() -> None:
     sampler = PrefixSampler({"a": 2, "b": 0})
-    scorer = TableScorer({"a": [0.9, 0.8, 0.2, 0.1], "b": [0.1, 0.1, 0.1, 0.1]})
+    scorer = ScriptedScorer({"a": [0.9, 0.8, 0.2, 0.1], "b": [0.1, 0.1, 0.1, 0.1]})
     corrections = self_correct([wrong("a"), wrong("a"), wrong("b")], sampler, scorer)
     pairs = correction_pairs(corrections, prompt={"a": "PA", "b": "PB"})
     assert [(p.question_id, p.prompt) for p in pairs] == [("a", "PA"), ("b", "PB")]  # a's repeat is one pair
@@ -140,7 +131,7 @@ def test_a_correction_equal_to_its_original_makes_no_pair() -> None:
 
 def test_round_trip_and_bad_settings() -> None:
     sampler = PrefixSampler({"a": 2})
-    (c,) = self_correct([wrong("a")], sampler, TableScorer({"a": [0.9, 0.8, 0.2, 0.1]}))
+    (c,) = self_correct([wrong("a")], sampler, ScriptedScorer({"a": [0.9, 0.8, 0.2, 0.1]}))
     again = Correction.from_dict(c.to_dict())
     assert again.corrected.steps == c.corrected.steps and again.first_error == 2 and again.cost == c.cost
     with pytest.raises(ValueError, match="attempts"):

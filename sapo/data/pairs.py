@@ -173,25 +173,37 @@ def build_pairs(
     """
     check_pair_settings(margin, max_pairs_per_question)
     rewards = checked_rewards(trajectories, scores)
-    by_question: dict[str, list[int]] = {}
-    for index, trajectory in enumerate(trajectories):
-        by_question.setdefault(trajectory.question_id, []).append(index)
-    pairs = []
-    for question_id, members in by_question.items():
+
+    def select(members: list[int]) -> list[tuple[float, int, int]]:
         candidates = candidate_pairs(
             members, trajectories, rewards, margin, require_correct_chosen, dedup_key
         )
-        for gap, w, lose in select_pairs(candidates, max_pairs_per_question):
-            pairs.append(
-                PreferencePair(
-                    question_id=question_id,
-                    prompt=prompt_of(trajectories[w], prompt),
-                    chosen=list(trajectories[w].steps),
-                    rejected=list(trajectories[lose].steps),
-                    margin=gap,
-                )
-            )
-    return pairs
+        return select_pairs(candidates, max_pairs_per_question)
+
+    return _pairs_per_question(trajectories, select, prompt)
+
+
+def _pairs_per_question(
+    trajectories: Sequence[Trajectory],
+    select: Callable[[list[int]], list[tuple[float, int, int]]],
+    prompt: PromptSource,
+) -> list[PreferencePair]:
+    """The pairs ``select`` picks among each question's trajectories (indices into ``trajectories``, as
+    ``(margin, chosen, rejected)``), question by question in order of first appearance."""
+    by_question: dict[str, list[int]] = {}
+    for index, trajectory in enumerate(trajectories):
+        by_question.setdefault(trajectory.question_id, []).append(index)
+    return [
+        PreferencePair(
+            question_id=question_id,
+            prompt=prompt_of(trajectories[w], prompt),
+            chosen=list(trajectories[w].steps),
+            rejected=list(trajectories[lose].steps),
+            margin=gap,
+        )
+        for question_id, members in by_question.items()
+        for gap, w, lose in select(members)
+    ]
 
 
 def outcome_pairs(
@@ -212,11 +224,8 @@ def outcome_pairs(
     """
     check_pair_settings(0.0, max_pairs_per_question)
     rewards = checked_rewards(trajectories, scores)
-    by_question: dict[str, list[int]] = {}
-    for index, trajectory in enumerate(trajectories):
-        by_question.setdefault(trajectory.question_id, []).append(index)
-    pairs = []
-    for question_id, members in by_question.items():
+
+    def select(members: list[int]) -> list[tuple[float, int, int]]:
         right = [i for i in members if trajectories[i].outcome is True]
         wrong = [i for i in members if trajectories[i].outcome is False]
         candidates = [
@@ -227,17 +236,9 @@ def outcome_pairs(
         ]
         candidates.sort(key=lambda c: (-rewards[c[1]], -rewards[c[0]], c[0], c[1]))
         ordered = [(rewards[w] - rewards[lose], w, lose) for w, lose in candidates]
-        for gap, w, lose in select_pairs(ordered, max_pairs_per_question):
-            pairs.append(
-                PreferencePair(
-                    question_id=question_id,
-                    prompt=prompt_of(trajectories[w], prompt),
-                    chosen=list(trajectories[w].steps),
-                    rejected=list(trajectories[lose].steps),
-                    margin=gap,
-                )
-            )
-    return pairs
+        return select_pairs(ordered, max_pairs_per_question)
+
+    return _pairs_per_question(trajectories, select, prompt)
 
 
 def rft_pairs(

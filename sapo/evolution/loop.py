@@ -209,11 +209,7 @@ class SelfEvolution:
             self._backends.close()
 
     def _run_phases(self) -> list[dict]:
-        reasoner = self._sft_phase()
-        samples = self._samples_phase(0, reasoner)
-        labels = self._labels_phase(0, reasoner, None, samples)
-        verifier = self._verifier_phase(0, reasoner, labels)
-        self._eval_phase(0, reasoner, verifier)
+        reasoner, samples, labels, verifier = self._round_zero()
         all_samples, all_labels = samples, labels
         for t in range(1, self.iterations + 1):
             new = self._samples_phase(t, reasoner)
@@ -225,6 +221,15 @@ class SelfEvolution:
             reasoner = self._orpo_phase(t, pairs_file, reasoner)
             self._eval_phase(t, reasoner, verifier)
         return self._finish()
+
+    def _round_zero(self) -> tuple[Path, list[Trajectory], LabelledData, Path | None]:
+        """M0, D0, L0, V0 and M0's evaluation: the phases before the first iteration."""
+        reasoner = self._sft_phase()
+        samples = self._samples_phase(0, reasoner)
+        labels = self._labels_phase(0, reasoner, None, samples)
+        verifier = self._verifier_phase(0, reasoner, labels)
+        self._eval_phase(0, reasoner, verifier)
+        return reasoner, samples, labels, verifier
 
     def _finish(self) -> list[dict]:
         """The run's end: the report, and the per-iteration metrics :meth:`fit` returns."""

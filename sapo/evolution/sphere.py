@@ -113,11 +113,7 @@ class SphereEvolution(SelfEvolution):
 
     # --- the phases -----------------------------------------------------------------------------------------
     def _run_phases(self) -> list[dict]:
-        reasoner = self._sft_phase()
-        samples = self._samples_phase(0, reasoner)
-        labels = self._labels_phase(0, reasoner, None, samples)
-        verifier = self._verifier_phase(0, reasoner, labels)
-        self._eval_phase(0, reasoner, verifier)
+        reasoner, _, _, verifier = self._round_zero()
         for t in range(1, self.iterations + 1):
             leaves = self._search_phase(t, reasoner, verifier)
             corrections = self._correction_phase(t, reasoner, verifier, leaves)
