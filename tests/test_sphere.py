@@ -14,8 +14,11 @@ from conftest import without_times
 from test_loop import _chunk_finished, _phase_started, _run_until
 
 from sapo.cli import SapoCLI
-from sapo.data.trajectory import read_jsonl
+from sapo.data.trajectory import Trajectory, TrajectoryFormatError, read_jsonl
 from sapo.eval.reasoner import paired_difference
+from sapo.evolution import RunDirectory, SphereEvolution
+from sapo.evolution.branch import phase_paths, phase_settings
+from sapo.evolution.run_directory import ChunkedJsonl
 from sapo.models.backbone import BackboneSpec
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -76,6 +79,9 @@ def _records(path: Path) -> list[dict]:
 def test_the_smoke_recipe_searches_corrects_and_trains_with_dpo(whole_run):
     phases = json.loads((whole_run / "manifest.json").read_text())["phases"]
     assert list(phases)[-5:] == ["search_1", "corrections_1", "pairs_1", "orpo_1", "eval_1"]
+    for phase, group in (("search_1", "search"), ("corrections_1", "correction")):  # a branch can copy them
+        assert all((whole_run / path).exists() for path in phase_paths(phase)[:-1])
+        assert f"model.init_args.{group}" in phase_settings(phase)
     leaves = read_jsonl(whole_run / "search_1.jsonl")
     searched = [leaf for leaf in leaves if leaf.label_source != "gold"]
     assert phases["search_1"]["leaves"] == len(leaves) and len({leaf.question_id for leaf in searched}) == 6
@@ -184,3 +190,14 @@ def _expect_refusal(override: list[str], message: str, tmp_path: Path, capsys, c
     assert code != 0
     assert message in err
     assert not run.exists()  # nothing was started
+
+
+def test_a_damaged_correction_chunk_is_named(tmp_path):
+    run = RunDirectory(tmp_path, {"model": {}, "data": {}})
+    store = ChunkedJsonl(run, "corrections_1", "corrections_1")
+    original = Trajectory("q", "question", ["1 + 1 = 3", "The answer is 3."], outcome=False)
+    store.write(0, [{"original": original.to_dict(), "located_by": "verifier", "attempts": 1}])
+    with pytest.raises(
+        TrajectoryFormatError, match=r"chunk_00000.jsonl, line 1: not a correction.*first_error"
+    ):
+        SphereEvolution._read_corrections(store, 1)

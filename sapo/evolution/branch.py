@@ -33,6 +33,8 @@ def phase_paths(phase: str) -> list[str]:
         "samples": [f"samples_{t}.jsonl", f"samples_{t}.parts"],
         "labels": [f"labels_{t}.jsonl", f"dropped_{t}.jsonl", f"labels_{t}.parts"],
         "verifier": [f"verifier_{t}"],
+        "search": [f"search_{t}.jsonl", f"search_{t}.parts"],  # SPHERE's (sapo.evolution.sphere)
+        "corrections": [f"corrections_{t}.jsonl", f"corrections_{t}.parts"],
         "pairs": [f"pairs_{t}.jsonl"],
         "orpo": [f"iteration_{t}"],
         "eval": [f"heldout_{t}.jsonl"],
@@ -54,6 +56,8 @@ def phase_settings(phase: str) -> tuple[str, ...]:
             "labelling.per_iteration",
         ),
         "verifier": ("verifier", "labelling.accumulate"),
+        "search": ("search", "diversity"),
+        "corrections": ("correction", "sampling"),
         "pairs": ("pairs",),
         "orpo": ("orpo",),
         "eval": ("evaluation",),

@@ -30,12 +30,13 @@ import lightning as L
 
 from sapo.data.pairs import outcome_pairs, unpaired_correct
 from sapo.data.tasks.base import Question
-from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
+from sapo.data.trajectory import Cost, Trajectory, TrajectoryFormatError, read_jsonl, write_jsonl
 from sapo.evolution.backends import frozen_dtype
 from sapo.evolution.chunks import label_subset, progress, sampler_factory, trajectories_in_chunks
 from sapo.evolution.compare import Arm, compare_arms, write_comparison
 from sapo.evolution.data import SAPSDataModule
 from sapo.evolution.loop import SelfEvolution
+from sapo.evolution.run_directory import ChunkedJsonl
 from sapo.evolution.settings import FLAG, CorrectionSettings, DiversitySettings, SearchSettings
 from sapo.models.backbone import BackboneSpec, load_tokenizer
 from sapo.models.verifier import PRMVerifier
@@ -306,8 +307,18 @@ class SphereEvolution(SelfEvolution):
         return self._read_corrections(self._store(name), len(chunks))
 
     @staticmethod
-    def _read_corrections(store: Any, chunks: int) -> list[Correction]:
-        return [Correction.from_dict(r) for index in range(chunks) for r in store.read_records(index)]
+    def _read_corrections(store: ChunkedJsonl, chunks: int) -> list[Correction]:
+        corrections = []
+        for index in range(chunks):
+            for number, record in enumerate(store.read_records(index), start=1):
+                try:
+                    corrections.append(Correction.from_dict(record))
+                except (KeyError, TypeError, ValueError) as error:
+                    raise TrajectoryFormatError(
+                        f"{store.path(index)}, line {number}: not a correction ({error!r}); delete the file to "
+                        "make the chunk again"
+                    ) from None
+        return corrections
 
     def _sphere_pairs_phase(self, t: int, leaves: list[Trajectory], corrections: list[Correction]) -> Path:
         name, path = f"pairs_{t}", self.run_dir / f"pairs_{t}.jsonl"
