@@ -26,8 +26,12 @@ def _settings(**init_args) -> dict:
     base = {"seed": 0, "sampling": {"temperature": 0.7}, "pairs": {"source": "verifier"}, "run_dir": "x"}
     return {
         "model": {"class_path": "sapo.evolution.SelfEvolution", "init_args": {**base, **init_args}},
-        "data": {},
+        "data": {"init_args": {"task": {"init_args": {"num_questions": 10}}, "heldout_task": _heldout(3)}},
     }
+
+
+def _heldout(count: int) -> dict:
+    return {"class_path": "sapo.data.tasks.arithmetic.ArithmeticTask", "init_args": {"num_questions": count}}
 
 
 def _source_run(path: Path) -> RunDirectory:
@@ -92,12 +96,30 @@ def test_a_branch_refuses_settings_that_a_copied_phase_depends_on(tmp_path):
         branch.copy_phases(source.path, ["sft"], ["sft"])
 
 
+def test_a_branch_may_ask_for_other_heldout_questions_unless_it_copies_an_evaluation(tmp_path):
+    source = _source_run(tmp_path / "source")
+    more = _settings()
+    more["data"]["init_args"]["heldout_task"] = _heldout(1000)
+    branch = RunDirectory(tmp_path / "branch", more)
+    with pytest.raises(RunMismatchError, match=r"data\.init_args\.heldout_task\.init_args\.num_questions"):
+        begin_branch(branch, source.path, "eval_0", more)  # the copied answers are of the other questions
+    assert branch.finished == []
+    assert begin_branch(branch, source.path, "samples_0", more) == ["sft", "samples_0"]
+    # the training questions are another matter: every phase reads them
+    other_task = _settings()
+    other_task["data"]["init_args"]["task"]["init_args"]["num_questions"] = 11
+    with pytest.raises(RunMismatchError, match=r"data\.init_args\.task\.init_args\.num_questions"):
+        begin_branch(RunDirectory(tmp_path / "other", other_task), source.path, "sft", other_task)
+
+
 def test_phase_paths_and_settings_name_each_phase_of_the_loop():
     assert phase_paths("samples_2") == ["samples_2.jsonl", "samples_2.parts", "logs/phases/samples_2"]
     assert phase_paths("orpo_1")[0] == "iteration_1"
     assert "model.init_args.labelling.initial_strategy" in phase_settings("labels_0")
     assert "model.init_args.labelling.strategy" in phase_settings("labels_1")
     assert "model.init_args.pairs" not in phase_settings("verifier_1")
+    assert "data.init_args.heldout_task" in phase_settings("eval_1")
+    assert "data.init_args.heldout_task" not in phase_settings("orpo_1")
     with pytest.raises(ValueError, match="not a phase"):
         phase_paths("warmup_1")
 

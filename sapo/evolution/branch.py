@@ -9,11 +9,14 @@ make them differ. A branch copies them instead (``model.init_args.branch_from`` 
         --model.init_args.branch_from runs/demo --model.init_args.branch_after samples_1
 
 Copying is refused when a setting that a copied phase depends on (:func:`phase_settings`) differs between
-the two runs: the branch would then hold phases that its own settings would not have made.
+the two runs: the branch would then hold phases that its own settings would not have made. The held-out
+questions (``data.init_args.heldout_task``) are read by the evaluation phases alone, so a branch that copies
+no ``eval_<t>`` may evaluate on other or more of them (branch after ``verifier_0`` rather than ``eval_0``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,11 @@ def phase_paths(phase: str) -> list[str]:
     return [*owned[kind], f"logs/phases/{phase}"]
 
 
+#: the held-out questions: only the evaluation phases read them (the loop's training phases never see them),
+#: so a branch that copies no evaluation may ask for other or more of them
+HELDOUT = "data.init_args.heldout_task"
+
+
 def phase_settings(phase: str) -> tuple[str, ...]:
     """The settings (dotted keys of the run's record) that a phase's artifacts depend on, through the
     phase itself and those before it: a branch may change the others after copying the phase."""
@@ -62,7 +70,19 @@ def phase_settings(phase: str) -> tuple[str, ...]:
         "orpo": ("orpo",),
         "eval": ("evaluation",),
     }[kind]
-    return ("data", *(f"{FLAG}.{key}" for key in ("reasoner", "seed", "sft", *own)))
+    depends = ("data", *(f"{FLAG}.{key}" for key in ("reasoner", "seed", "sft", *own)))
+    return (*depends, HELDOUT) if kind == "eval" else depends
+
+
+def _depends(key: str, phases: Sequence[str]) -> bool:
+    """Whether a difference at ``key`` would change one of the copied ``phases``."""
+    for phase in phases:
+        for prefix in phase_settings(phase):
+            if key == prefix or key.startswith(f"{prefix}."):
+                heldout = key == HELDOUT or key.startswith(f"{HELDOUT}.")
+                if not heldout or HELDOUT in phase_settings(phase):
+                    return True
+    return False
 
 
 def begin_branch(
@@ -85,11 +105,10 @@ def begin_branch(
         )
     phases = finished[: finished.index(after) + 1]
     if settings is not None and manifest.get("settings") is not None:
-        keys = {key for phase in phases for key in phase_settings(phase)}
         changed = sorted(
             key
             for key in setting_differences(manifest["settings"], settings)
-            if key not in ADJUSTABLE and any(key == k or key.startswith(f"{k}.") for k in keys)
+            if key not in ADJUSTABLE and _depends(key, phases)
         )
         if changed:
             raise RunMismatchError(
