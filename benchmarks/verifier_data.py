@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> Path:
             row["step_auroc_vs_first_95"] = interval(
                 [x - y for x, y in zip(auroc_draws[a], auroc_draws[0], strict=True)]
             )
-        per_answer = args.out / f"answers_{count}_{epochs}.jsonl"
+        per_answer = args.out / f"answers_{row['labelled_samples']}_{row['epochs']}.jsonl"
         per_answer.parent.mkdir(parents=True, exist_ok=True)
         with per_answer.open("w", encoding="utf-8") as handle:
             for i, t in enumerate(answers):
