@@ -42,6 +42,40 @@ def _resident_bytes() -> int:
     return resident
 
 
+#: a worker that starts a worker of its own which holds 256 MiB (as vLLM's engine core starts its model worker)
+WORKERS = """
+import subprocess, sys
+grandchild = subprocess.Popen(
+    [sys.executable, "-c", "import time; block = bytearray(256 * 2**20); print('ready', flush=True); time.sleep(60)"],
+    stdout=subprocess.PIPE, text=True,
+)
+print(grandchild.stdout.readline().strip(), grandchild.pid, flush=True)
+grandchild.wait()
+"""
+
+
+def test_a_phase_counts_the_peaks_of_its_worker_processes_apart():
+    from sapo.evolution.memory import PhaseMemory, descendants
+    from sapo.evolution.report import _memory
+
+    memory = PhaseMemory()
+    memory.start()
+    child = subprocess.Popen([sys.executable, "-c", WORKERS], stdout=subprocess.PIPE, text=True)
+    try:
+        ready, grandchild = child.stdout.readline().split()
+        assert ready == "ready"
+        assert {child.pid, int(grandchild)} <= set(descendants())
+        summary = memory.summary()
+    finally:
+        child.kill()
+        os.kill(int(grandchild), 9)
+        child.wait()
+    assert summary["workers"] >= 2
+    assert summary["workers_peak_rss_gib"] >= 0.25  # the grandchild's block: a worker of a worker counts
+    assert summary["peak_rss_gib"] < summary["rss_at_start_gib"] + 0.2  # not in this process's own peak
+    assert f"{summary['workers']} worker processes" in _memory({"memory": summary})
+
+
 def test_trim_heap_hands_freed_heap_blocks_back():
     """Freed heap blocks below a live one stay resident until ``malloc_trim`` returns their pages."""
     import ctypes

@@ -167,7 +167,11 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
     peaks = [e["memory"]["peak_rss_gib"] for e in phases.values() if "peak_rss_gib" in e.get("memory", {})]
     lines += ["", "## Phases", ""]
     if peaks:
-        lines += [f"Peak resident memory of the run: {max(peaks):.2f} GiB (the largest phase's peak).", ""]
+        line = f"Peak resident memory of the run: {max(peaks):.2f} GiB (the largest phase's peak)."
+        workers = [e["memory"].get("workers_peak_rss_gib", 0.0) for e in phases.values() if "memory" in e]
+        if any(workers):
+            line += f" Its worker processes (a vLLM engine) held up to {max(workers):.2f} GiB more."
+        lines += [line, ""]
     lines += ["| phase | summary | peak memory |", "|---|---|---|"]
     for name, entry in phases.items():
         brief = {
@@ -196,6 +200,8 @@ def _memory(entry: dict[str, Any]) -> str:
         text += f" (from {memory['rss_at_start_gib']:.2f} GiB)"
     if "peak_cuda_gib" in memory:
         text += f", CUDA {memory['peak_cuda_gib']:.2f} GiB"
+    if "workers_peak_rss_gib" in memory:  # a vLLM engine's processes, DataLoader workers
+        text += f"; {memory['workers']} worker processes {memory['workers_peak_rss_gib']:.2f} GiB"
     return text
 
 
