@@ -11,6 +11,8 @@ task's exact oracle:
 
 * step AUROC: the chance that a right step scores above a wrong one, with a 95% bootstrap interval over the
   answers, and its paired difference from the first arm on the same resamples;
+* answer AUROC: the chance that an answer with the right final answer has a higher mean step score than a
+  wrong one (what ranks a round's pairs), with the same intervals;
 * detection: how often the largest score drop (SAPO's detector) is the oracle's first error, beside a random
   step's chance (the random-step ablation), with the paired 95% interval of the change from the first arm;
 * each arm's label cost (completions, generated tokens, seconds), its labels against the oracle, and its
@@ -185,17 +187,30 @@ def main(argv: list[str] | None = None) -> Path:
     with_error = [i for i, f in enumerate(first_errors) if f >= 0]
     random_step = sum(1 / answers[i].num_steps for i in with_error) / len(with_error)
     hits = [[largest_drop(arm[i]) == first_errors[i] for i in with_error] for arm in scores]
-    auroc_draws = bootstrap_auroc(scores, labels, args.resamples, seed=0)
+    # Two rankings: of steps (pooled over answers) and of whole answers by their mean step score, right
+    # final answers against wrong ones: what ranks a round's pairs. One "step" per answer reuses step_auroc.
+    rankings = {
+        "step_auroc": (scores, labels),
+        "answer_auroc": (
+            [[[sum(s) / len(s)] for s in arm] for arm in scores],
+            [[float(bool(t.outcome))] for t in answers],
+        ),
+    }
     for a, row in enumerate(rows):
-        row["step_auroc"] = step_auroc(scores[a], labels)
-        row["step_auroc_95"] = interval(auroc_draws[a])
         row["detection"] = sum(hits[a]) / len(hits[a])
         row["random_step"] = random_step
         if a:
             row["detection_vs_first"] = paired_difference(hits[0], hits[a])
-            row["step_auroc_vs_first_95"] = interval(
-                [x - y for x, y in zip(auroc_draws[a], auroc_draws[0], strict=True)]
-            )
+    for name, (arm_scores, arm_labels) in rankings.items():
+        draws = bootstrap_auroc(arm_scores, arm_labels, args.resamples, seed=0)  # the same resamples
+        for a, row in enumerate(rows):
+            row[name] = step_auroc(arm_scores[a], arm_labels)
+            row[f"{name}_95"] = interval(draws[a])
+            if a:
+                row[f"{name}_vs_first_95"] = interval(
+                    [x - y for x, y in zip(draws[a], draws[0], strict=True)]
+                )
+    for a, row in enumerate(rows):
         per_answer = args.out / f"answers_{row['labelled_samples']}_{row['epochs']}.jsonl"
         per_answer.parent.mkdir(parents=True, exist_ok=True)
         with per_answer.open("w", encoding="utf-8") as handle:
@@ -236,17 +251,23 @@ def write_table(
         f"their step labels from the task's oracle). Base run {args.run}; {date.today()}; "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}.",
         "",
-        "| labelled samples : epochs | V_0 trains on | step AUROC (95%) | vs first arm | detection | vs first arm "
-        "| random step | labels vs oracle | label completions / tokens / s | verifier s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Step AUROC: right steps against wrong ones, pooled over the answers. Answer AUROC: answers with the "
+        "right final answer against wrong ones, by their mean step score (how a round's pairs are ranked). "
+        "Intervals: 95% bootstrap over the answers, paired across arms.",
+        "",
+        "| labelled samples : epochs | V_0 trains on | step AUROC (95%) | vs first arm | answer AUROC (95%) "
+        "| vs first arm | detection | vs first arm | random step | labels vs oracle "
+        "| label completions / tokens / s | verifier s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def auroc(row: dict[str, Any], name: str) -> str:
+        low, high = row[f"{name}_95"]
+        vs = f"{name}_vs_first_95"
+        change = "" if vs not in row else "{:+.3f} to {:+.3f}".format(*row[vs])
+        return f"{row[name]:.3f} ({low:.3f}-{high:.3f}) | {change}"
+
     for row in rows:
-        low, high = row["step_auroc_95"]
-        vs_auroc = (
-            ""
-            if "step_auroc_vs_first_95" not in row
-            else "{:+.3f} to {:+.3f}".format(*row["step_auroc_vs_first_95"])
-        )
         vs_detection = (
             ""
             if "detection_vs_first" not in row
@@ -256,8 +277,8 @@ def write_table(
         agreement = "–" if not oracle else f"{oracle['first_error_accuracy']:.3f} of {oracle['trajectories']}"
         cost = row["label_cost"]
         lines.append(
-            f"| {row['arm']} | {row['verifier_trajectories']} | {row['step_auroc']:.3f} ({low:.3f}-{high:.3f}) "
-            f"| {vs_auroc} | {pct(row['detection'])} | {vs_detection} | {pct(row['random_step'])} | {agreement} "
+            f"| {row['arm']} | {row['verifier_trajectories']} | {auroc(row, 'step_auroc')} "
+            f"| {auroc(row, 'answer_auroc')} | {pct(row['detection'])} | {vs_detection} | {pct(row['random_step'])} | {agreement} "
             f"| {cost['completions']} / {cost['generated_tokens']} / {cost['seconds']:.0f} | {row['verifier_seconds']:.0f} |"
         )
     lines += ["", f"Command: `{command}`"]
@@ -276,20 +297,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for epochs in sorted({r["epochs"] for r in rows}):
         same = sorted((r for r in rows if r["epochs"] == epochs), key=lambda r: r["labelled_samples"])
         x = [r["labelled_samples"] for r in same]
-        low = [r["step_auroc"] - r["step_auroc_95"][0] for r in same]
-        high = [r["step_auroc_95"][1] - r["step_auroc"] for r in same]
-        left.errorbar(
-            x,
-            [r["step_auroc"] for r in same],
-            yerr=[low, high],
-            marker="o",
-            capsize=3,
-            label=f"{epochs} epoch(s)",
-        )
+        for name, what in (("step_auroc", "steps"), ("answer_auroc", "answers")):
+            low = [r[name] - r[f"{name}_95"][0] for r in same]
+            high = [r[f"{name}_95"][1] - r[name] for r in same]
+            left.errorbar(
+                x,
+                [r[name] for r in same],
+                yerr=[low, high],
+                marker="o",
+                capsize=3,
+                label=f"{what}, {epochs} epoch(s)",
+            )
         right.plot(x, [100 * r["detection"] for r in same], marker="o", label=f"{epochs} epoch(s)")
     left.axhline(0.5, color="grey", linestyle=":", label="no separation")
     right.axhline(100 * rows[0]["random_step"], color="grey", linestyle=":", label="random step")
-    left.set(xlabel="labelled samples", ylabel="step AUROC (oracle labels)", title="V_0: ranking steps")
+    left.set(xlabel="labelled samples", ylabel="AUROC", title="V_0: ranking steps and answers")
     right.set(xlabel="labelled samples", ylabel="first error found (%)", title="V_0: largest-drop detection")
     for axis in (left, right):
         axis.legend(fontsize=8)

@@ -235,3 +235,11 @@ def test_the_reproduction_runs_arms_begun_from_the_method_on_the_smoke_recipe(tm
     result = subprocess.run(command, env=loop_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not [e for e in _events(runs / "rft")[before:] if e["event"] == "start"]
+
+    # so does a rerun without the flags that began it: they are read before the branch's first phase only
+    flags = {"--model.init_args.branch_from", "--model.init_args.branch_after"}
+    bare = [a for i, a in enumerate(command) if a not in flags and command[i - 1] not in flags]
+    assert len(bare) == len(command) - 4
+    result = subprocess.run(bare, env=loop_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not [e for e in _events(runs / "rft")[before:] if e["event"] == "start"]

@@ -25,7 +25,14 @@ from sapo.evolution.distributed import ONE_PROCESS, Ranks
 from sapo.evolution.run_directory import RunDirectory, RunMismatchError, read_manifest, setting_differences
 from sapo.evolution.settings import FLAG
 
-__all__ = ["begin_branch", "phase_paths", "phase_settings"]
+__all__ = ["RERUN_ADJUSTABLE", "begin_branch", "phase_paths", "phase_settings"]
+
+#: settings a rerun of a run may change or leave out: the engine's size (``ADJUSTABLE``), where the run began
+#: (read only before its first phase, when the copy is made) and the run its report is set beside
+RERUN_ADJUSTABLE = (
+    *ADJUSTABLE,
+    *(f"{FLAG}.{key}" for key in ("branch_from", "branch_after", "compare_with")),
+)
 
 
 def phase_paths(phase: str) -> list[str]:

@@ -50,8 +50,8 @@ from sapo.data.preference import read_pairs
 from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
 from sapo.eval.processbench import evaluate_on_oracle
 from sapo.eval.reasoner import sample_and_check
-from sapo.evolution.backends import ADJUSTABLE, ReasonerBackends, chosen_backend, frozen_dtype
-from sapo.evolution.branch import begin_branch
+from sapo.evolution.backends import ReasonerBackends, chosen_backend, frozen_dtype
+from sapo.evolution.branch import RERUN_ADJUSTABLE, begin_branch
 from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunks, sampler_factory
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
 from sapo.evolution.distributed import Ranks, device_for_rank, launch, torch_threads_for_rank
@@ -186,7 +186,7 @@ class SelfEvolution:
         if device_for_rank(trainer):  # each process samples and scores on its own GPU
             self.reasoner_spec = replace(self.reasoner_spec, device=device_for_rank(trainer))
         self.run = RunDirectory(
-            self.run_dir, settings, extendable=EXTENDABLE, adjustable=ADJUSTABLE, rank=ranks.rank
+            self.run_dir, settings, extendable=EXTENDABLE, adjustable=RERUN_ADJUSTABLE, rank=ranks.rank
         )
         if self.branch_from is not None and not self.run.finished:
             begin_branch(self.run, Path(self.branch_from), self.branch_after, settings, ranks)
