@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from labels_vs_oracle import build_task
 
+from sapo.data.reward import trajectory_reward
 from sapo.data.trajectory import read_jsonl
 from sapo.eval.processbench import score_trajectories
 from sapo.eval.reasoner import paired_difference
@@ -188,11 +189,12 @@ def main(argv: list[str] | None = None) -> Path:
     random_step = sum(1 / answers[i].num_steps for i in with_error) / len(with_error)
     hits = [[largest_drop(arm[i]) == first_errors[i] for i in with_error] for arm in scores]
     # Two rankings: of steps (pooled over answers) and of whole answers by their mean step score, right
-    # final answers against wrong ones: what ranks a round's pairs. One "step" per answer reuses step_auroc.
+    # final answers against wrong ones: what ranks a round's pairs (sapo.eval.processbench.answer_auroc, here
+    # with one "step" per answer so that every resample is scored by the same rule).
     rankings = {
         "step_auroc": (scores, labels),
         "answer_auroc": (
-            [[[sum(s) / len(s)] for s in arm] for arm in scores],
+            [[[trajectory_reward(s)] for s in arm] for arm in scores],
             [[float(bool(t.outcome))] for t in answers],
         ),
     }

@@ -11,7 +11,7 @@ import pytest
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.data.tasks.loading import InvalidRowError
 from sapo.data.trajectory import Trajectory
-from sapo.eval.processbench import evaluate_on_oracle, evaluate_processbench, read_processbench
+from sapo.eval.processbench import answer_auroc, evaluate_on_oracle, evaluate_processbench, read_processbench
 from sapo.supervision.oracle_scorer import OracleScorer
 from sapo.supervision.protocols import StepScorer
 
@@ -128,6 +128,9 @@ def test_step_auroc_and_largest_drop_detection_by_hand(test_file):
     )
     assert summary["random_step_detection_accuracy"] == scores.random_step_accuracy
     assert summary["verifier_rows"] == {"with_error": 4, "correct": 2} and "verifier_ids" not in summary
+    # whole answers by mean step score: right r1 0.8, r2 0.65 against wrong r3 0.467, r4 0.275, r5 0.8 (a
+    # tie with r1), r6 0.4875: 6.5 of the 8 pairs ordered
+    assert summary["verifier_answer_auroc"] == pytest.approx(6.5 / 8)
 
 
 def test_rows_in_memory_and_several_files(tmp_path, test_file):
@@ -222,6 +225,25 @@ def test_a_scorer_that_returns_the_wrong_number_of_scores_is_named(test_file):
 
 
 @pytest.fixture(scope="module")
+def test_answer_auroc_ranks_whole_answers_by_their_mean_step_score():
+    """Mean step scores: right answers 0.85 and 0.5, a wrong one 0.45: both right ones rank above it (1.0).
+    With the wrong one at 0.6, one of the two pairs is ordered (0.5). It needs checked outcomes of both kinds."""
+
+    def answer(outcome, *scores):
+        steps = [f"step {j}" for j in range(len(scores))]
+        return Trajectory(question_id="q", question="?", steps=steps, outcome=outcome), list(scores)
+
+    rows = [answer(True, 0.9, 0.8), answer(False, 0.7, 0.2), answer(True, 0.5, 0.5)]
+    assert answer_auroc([t for t, _ in rows], [s for _, s in rows]) == pytest.approx(1.0)
+    rows[1] = answer(False, 0.8, 0.4)
+    assert answer_auroc([t for t, _ in rows], [s for _, s in rows]) == pytest.approx(0.5)
+    unchecked = [answer(None, 0.9), answer(False, 0.1)]
+    assert answer_auroc([t for t, _ in unchecked], [s for _, s in unchecked]) is None
+    all_right = [answer(True, 0.9), answer(True, 0.1)]
+    assert answer_auroc([t for t, _ in all_right], [s for _, s in all_right]) is None
+
+
+@pytest.fixture
 def arithmetic():
     task = ArithmeticTask(split="test", num_questions=4, seed=3, min_steps=3, max_steps=4)
     return task, task.load()

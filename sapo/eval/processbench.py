@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sapo.data.reward import trajectory_reward
 from sapo.data.tasks.base import Question, Task
 from sapo.data.tasks.loading import InvalidRowError, Row, load_rows
 from sapo.data.trajectory import Trajectory, from_processbench
@@ -140,6 +141,10 @@ class FirstErrorScores:
         detection_accuracy: on rows with an error, the share whose largest score drop
             (:func:`~sapo.supervision.first_error.largest_drop`, SAPO's detector) is the first error.
         random_step_accuracy: the same for a uniformly drawn step (the random-step ablation), in expectation.
+        answer_auroc: the chance that a row with the right final answer has a higher mean step score (the
+            reward that ranks the loop's pairs) than a row with a wrong one; ``None`` where the rows carry no
+            checked outcome or only one kind. The step AUROC pools steps of different rows, so a verifier can
+            rank whole answers better than it ranks steps, or worse.
         ids, labels, predictions: per row, in input order (to trace the numbers).
     """
 
@@ -152,6 +157,7 @@ class FirstErrorScores:
     step_auroc: float | None = None
     detection_accuracy: float = 0.0
     random_step_accuracy: float = 0.0
+    answer_auroc: float | None = None
     ids: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     predictions: list[int] = field(default_factory=list)
@@ -162,7 +168,14 @@ class FirstErrorScores:
     def summary(self, prefix: str = "verifier_") -> dict[str, Any]:
         """The figures without the per-row lists, keyed ``<prefix><name>`` (the random step's under
         ``random_step_detection_accuracy``, the row counts under ``<prefix>rows``), as a run's report has them."""
-        figures = ("f1", "error_accuracy", "correct_accuracy", "step_auroc", "detection_accuracy")
+        figures = (
+            "f1",
+            "error_accuracy",
+            "correct_accuracy",
+            "step_auroc",
+            "detection_accuracy",
+            "answer_auroc",
+        )
         return {
             **{f"{prefix}{name}": getattr(self, name) for name in figures},
             "random_step_detection_accuracy": self.random_step_accuracy,
@@ -237,9 +250,21 @@ def first_error_scores(
         step_auroc=step_auroc(scores, [t.labels for t in trajectories]),
         detection_accuracy=detection["accuracy"],
         random_step_accuracy=detection["random_step"],
+        answer_auroc=answer_auroc(trajectories, scores),
         ids=[str(t.meta.get("id", t.question_id)) for t in trajectories],
         labels=labels,
         predictions=predictions,
+    )
+
+
+def answer_auroc(trajectories: Sequence[Trajectory], scores: Sequence[Sequence[float]]) -> float | None:
+    """How well a verifier ranks whole answers: :func:`~sapo.models.verifier_metrics.step_auroc` with one
+    "step" per row, its mean step score ``r(τ)`` (:func:`~sapo.data.reward.trajectory_reward`) against its
+    checked outcome. ``None`` when a row has no outcome, or when every row is right or every row wrong."""
+    if not trajectories or any(t.outcome is None for t in trajectories):
+        return None
+    return step_auroc(
+        [[trajectory_reward(s)] for s in scores], [[float(bool(t.outcome))] for t in trajectories]
     )
 
 

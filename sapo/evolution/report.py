@@ -116,12 +116,13 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
         "V_t scores the greedy held-out answers of iteration t; the task's oracle gives each step's label.",
         "AUROC: the chance that a right step scores above a wrong one (0.5: no separation). Detection: on",
         "answers with a wrong step, how often the verifier's largest score drop is the first wrong step,",
-        "beside a random step's chance (the random-step ablation). F1 and the accuracies: ProcessBench's,",
-        "at the threshold τ.",
+        "beside a random step's chance (the random-step ablation). Answer AUROC: the chance that a right",
+        "answer's mean step score (the reward that ranks pairs) is above a wrong answer's. F1 and the",
+        "accuracies: ProcessBench's, at the threshold τ.",
         "",
-        "| iteration | answers with an error / without | step AUROC | detection | random step "
+        "| iteration | answers with an error / without | step AUROC | detection | random step | answer AUROC "
         "| F1 | error acc. | correct acc. |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in iterations:
         rows = m.get("verifier_rows") or {}
@@ -134,6 +135,7 @@ def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> Non
                     _fmt(m.get("verifier_step_auroc")),
                     _fmt(m.get("verifier_detection_accuracy")),
                     _fmt(m.get("random_step_detection_accuracy")),
+                    _fmt(m.get("verifier_answer_auroc")),
                     _fmt(m.get("verifier_f1")),
                     _fmt(m.get("verifier_error_accuracy")),
                     _fmt(m.get("verifier_correct_accuracy")),
@@ -229,6 +231,7 @@ def _plots(
                 "verifier_step_auroc": "step AUROC",
                 "verifier_detection_accuracy": "first-error detection",
                 "random_step_detection_accuracy": "random step",
+                "verifier_answer_auroc": "answer AUROC",
                 "verifier_f1": "ProcessBench F1",
             },
         ),
