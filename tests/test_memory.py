@@ -73,7 +73,7 @@ def test_a_phase_counts_the_peaks_of_its_worker_processes_apart():
     assert summary["workers"] >= 2
     assert summary["workers_peak_rss_gib"] >= 0.25  # the grandchild's block: a worker of a worker counts
     assert summary["peak_rss_gib"] < summary["rss_at_start_gib"] + 0.2  # not in this process's own peak
-    assert f"{summary['workers']} worker processes" in _memory({"memory": summary})
+    assert f"worker processes {summary['workers_peak_rss_gib']:.2f} GiB" in _memory({"memory": summary})
 
 
 def test_trim_heap_hands_freed_heap_blocks_back():

@@ -203,7 +203,7 @@ def _memory(entry: dict[str, Any]) -> str:
     if "peak_cuda_gib" in memory:
         text += f", CUDA {memory['peak_cuda_gib']:.2f} GiB"
     if "workers_peak_rss_gib" in memory:  # a vLLM engine's processes, DataLoader workers
-        text += f"; {memory['workers']} worker processes {memory['workers_peak_rss_gib']:.2f} GiB"
+        text += f"; worker processes {memory['workers_peak_rss_gib']:.2f} GiB"
     return text
 
 
