@@ -16,6 +16,7 @@ SAPO's round 1 only in what the arm changes, at the same optimizer steps (``orpo
 | outcome labels | no process feedback | ``configs/ablations/outcome.yaml`` |
 | random step | no detection | ``configs/ablations/random_step.yaml`` |
 | no expansion | SAPO without label expansion | ``configs/ablations/no_expansion.yaml`` |
+| outcome pairs | no verifier: right over wrong answers | ``configs/ablations/no_verifier.yaml`` |
 
 Strategies that take ``k`` are given the method's ``k`` (``--k``), so label costs compare at the same k.
 Each run resumes after an interruption (rerun the command). Writes ``table.md``, ``table.json``,
@@ -49,6 +50,7 @@ ARMS = {
     "outcome": ("outcome labels (no process feedback)", "outcome.yaml", False),
     "random_step": ("random step (no detection)", "random_step.yaml", True),
     "no_expansion": ("no expansion", "no_expansion.yaml", False),
+    "no_verifier": ("outcome pairs (no verifier)", "no_verifier.yaml", False),
 }
 BASELINES = ("sft_continued", "rft")
 

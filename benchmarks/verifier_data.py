@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> Path:
     command = (
         "python benchmarks/verifier_data.py "
         + " ".join(part for path in args.config for part in ("--config", str(path)))
-        + f" --run {args.run} --arms {args.arms} --out {args.out}"
+        + f" --run {args.run} --arms {args.arms}"
+        + (f" --runs {args.runs}" if args.runs else "")
+        + f" --out {args.out}"
         + (" -- " + " ".join(extra) if extra else "")
     )
     table = write_table(rows, args, answers, with_error, command)

@@ -229,3 +229,7 @@ def test_outcome_pairs_put_right_over_wrong_hardest_wrong_first():
     assert pairs[0].margin == pytest.approx(0.6 - 0.9) and pairs[0].prompt == "PA"
     with pytest.raises(ValueError, match="trajectory 1"):
         outcome_pairs(trajectories, [[0.2], [1.5], *scores[2:]])
+    # without a verifier (w/o RM): the same right-over-wrong rule, the input order choosing, margins 0
+    unranked = outcome_pairs(trajectories, None, max_pairs_per_question=2)
+    assert [(p.chosen, p.rejected) for p in unranked] == [(["r1"], ["w1"]), (["r2"], ["w2"])]
+    assert [p.margin for p in unranked] == [0.0, 0.0]

@@ -208,7 +208,7 @@ def _pairs_per_question(
 
 def outcome_pairs(
     trajectories: Sequence[Trajectory],
-    scores: Sequence[Sequence[float]],
+    scores: Sequence[Sequence[float]] | None,
     max_pairs_per_question: int = 4,
     prompt: PromptSource = None,
     dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
@@ -221,8 +221,12 @@ def outcome_pairs(
     first, then by input order; :func:`select_pairs` takes up to ``max_pairs_per_question`` with its reuse
     rule. Each pair's ``margin`` is ``r_w - r_l`` (negative where the verifier preferred the wrong side).
     Solutions equal under ``dedup_key`` are never paired; ``scores`` are checked as in :func:`build_pairs`.
+    ``scores=None`` pairs without a verifier (the paper's "w/o RM"): every reward is 0, so the input order
+    decides, and every margin is 0.
     """
     check_pair_settings(0.0, max_pairs_per_question)
+    if scores is None:
+        scores = [[0.0] * t.num_steps for t in trajectories]
     rewards = checked_rewards(trajectories, scores)
 
     def select(members: list[int]) -> list[tuple[float, int, int]]:

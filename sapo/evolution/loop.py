@@ -45,7 +45,7 @@ from typing import Any
 import lightning as L
 
 from sapo.data.datamodule import gold_pairs
-from sapo.data.pairs import build_pairs, rft_pairs, unpaired_correct
+from sapo.data.pairs import build_pairs, outcome_pairs, rft_pairs, unpaired_correct
 from sapo.data.preference import read_pairs
 from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
 from sapo.eval.processbench import evaluate_on_oracle
@@ -396,10 +396,13 @@ class SelfEvolution:
         def work() -> dict[str, Any]:
             candidates = [s for s in samples if s.num_steps > 0 and s.outcome is not None]
             prompts = self._task_prompts()
+            dedup = self.data.task.dedup_key
             if self.pairs.source == "gold":  # SFT continued: D_org's gold solutions again
                 pairs = gold_pairs(self.data.task, prompts.tokenizer, self.data.gold_questions)
-            elif verifier is None:  # RFT: no ranking, SFT on the correct self-samples
-                pairs = rft_pairs(candidates, prompt=prompts, dedup_key=self.data.task.dedup_key)
+            elif self.pairs.source == "rft":  # RFT: no ranking, SFT on the correct self-samples
+                pairs = rft_pairs(candidates, prompt=prompts, dedup_key=dedup)
+            elif self.pairs.source == "outcome":  # w/o RM: right over wrong answers, no verifier
+                pairs = outcome_pairs(candidates, None, self.pairs.max_per_question, prompts, dedup)
             else:
                 scorer = self._load_verifier(verifier)
                 with self._precision():
@@ -413,12 +416,10 @@ class SelfEvolution:
                     max_pairs_per_question=self.pairs.max_per_question,
                     require_correct_chosen=self.pairs.require_correct_chosen,
                     prompt=prompts,
-                    dedup_key=self.data.task.dedup_key,
+                    dedup_key=dedup,
                 )
-                if self.pairs.add_unpaired_correct:
-                    pairs += unpaired_correct(
-                        candidates, pairs, prompt=prompts, dedup_key=self.data.task.dedup_key
-                    )
+            if self.pairs.source in ("verifier", "outcome") and self.pairs.add_unpaired_correct:
+                pairs += unpaired_correct(candidates, pairs, prompt=prompts, dedup_key=dedup)
             write_jsonl(pairs, path)
             margins = [p.margin for p in pairs if p.margin is not None]
             return {
@@ -538,9 +539,8 @@ class SelfEvolution:
     def _task_prompts(self) -> TaskPrompts:
         """Every question's prompt as its task builds it, for the verifier and the pairs (loaded once)."""
         if self._prompts is None:
-            tokenizer = load_tokenizer(
-                self.reasoner_spec.name_or_path, cache_dir=self.reasoner_spec.cache_dir
-            )
+            spec = self.reasoner_spec
+            tokenizer = load_tokenizer(spec.name_or_path, cache_dir=spec.cache_dir)
             self._prompts = self.data.prompts(tokenizer, self.evaluation.questions)
         return self._prompts
 

@@ -36,7 +36,7 @@ FLAG = "model.init_args"
 BACKENDS = ("auto", "transformers", "vllm")
 ORPO_INITS = ("base", "sft", "previous")
 VERIFIER_LOSSES = ("bce", "mse")
-PAIR_SOURCES = ("verifier", "rft", "gold")
+PAIR_SOURCES = ("verifier", "outcome", "rft", "gold")
 PREFERENCE_LOSSES = ("orpo", "dpo")
 SEARCH_METHODS = ("beam", "mcts")
 
@@ -189,7 +189,9 @@ class PairSettings:
     """Preference pairs P_t = Pairs(V_t, D_t): per question, trajectories whose rewards differ by a margin."""
 
     source: str = "verifier"
-    """``verifier`` (pairs ranked by V_t, the method); ``rft`` (no pairs and no verifier: SFT on the correct
+    """``verifier`` (pairs ranked by V_t, the method); ``outcome`` (no labels and no verifier: a right answer
+    over a wrong one of the same question, the paper's "w/o RM" ablation, which tells what the verifier's
+    ranking adds to the preference term); ``rft`` (no pairs and no verifier: SFT on the correct
     self-samples, the RFT baseline); or ``gold`` (no sampling, labels or verifier: each round trains on
     D_org's gold solutions again, the "SFT continued" baseline that tells a gain of the loop from more
     optimizer steps on the same solutions; give it the method's steps with ``orpo.max_steps``)."""
@@ -200,9 +202,9 @@ class PairSettings:
     require_correct_chosen: bool = True
     """The chosen side must have a correct answer (sapo's default; false is the paper's score-only rule)."""
     add_unpaired_correct: bool = False
-    """With ``source: verifier``: every distinct correct sample that is not the chosen side of a pair joins
-    the round as an SFT row (its loss the NLL alone), so the method trains on RFT's rows and adds the
-    preference term on its pairs. Off (the paper): the round trains on the pairs alone, and a right sample
+    """With ``source: verifier`` or ``outcome``: every distinct correct sample that is not the chosen side
+    of a pair joins the round as an SFT row (its loss the NLL alone), so the method trains on RFT's rows and
+    adds the preference term on its pairs. Off (the paper): the round trains on the pairs alone, and a right sample
     no pair chose is never trained on (a question's only distinct sample, a tie of scores, the right
     samples beyond ``max_per_question``). On the demo (2026-12-02) the pairs chose 191 distinct right
     samples on 184 questions where RFT's rows held 312 on 287, and RFT ended 4 points above the method."""
