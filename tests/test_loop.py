@@ -250,19 +250,17 @@ def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_d
     source = config["model"]["init_args"].get("pairs", {}).get("source")
     if source in ("rft", "outcome"):
         assert "labels_1" not in phases and "verifier_1" not in phases and "orpo_1" in phases
-    if source == "outcome":  # every pair puts a right answer over a wrong one of its question
-        outcome = {}  # D_1: both rounds' samples (they accumulate) and the gold solutions
-        for samples in sorted(run_dir.glob("samples_*.jsonl")):
-            for row in map(json.loads, samples.read_text().splitlines()):
-                outcome[(row["question_id"], tuple(row["steps"]))] = row["outcome"]
-        pairs = [json.loads(line) for line in (run_dir / "pairs_1.jsonl").read_text().splitlines()]
-        with_rejected = [p for p in pairs if p["rejected"] is not None]
-        assert phases["pairs_1"]["with_rejected"] == len(with_rejected)
-        for pair in with_rejected:
-            assert outcome[(pair["question_id"], tuple(pair["chosen"]))] is True
-            assert outcome[(pair["question_id"], tuple(pair["rejected"]))] is False
-    elif source == "rft":
-        pass
+        if source == "outcome":  # every pair puts a right answer over a wrong one of its question
+            outcome = {}  # D_1: both rounds' samples (they accumulate) and the gold solutions
+            for samples in sorted(run_dir.glob("samples_*.jsonl")):
+                for row in map(json.loads, samples.read_text().splitlines()):
+                    outcome[(row["question_id"], tuple(row["steps"]))] = row["outcome"]
+            pairs = [json.loads(line) for line in (run_dir / "pairs_1.jsonl").read_text().splitlines()]
+            with_rejected = [p for p in pairs if p["rejected"] is not None]
+            assert phases["pairs_1"]["with_rejected"] == len(with_rejected)
+            for pair in with_rejected:
+                assert outcome[(pair["question_id"], tuple(pair["chosen"]))] is True
+                assert outcome[(pair["question_id"], tuple(pair["rejected"]))] is False
     elif source == "gold":  # SFT continued: the gold solutions again, nothing sampled or labelled
         assert not any(p.startswith(("samples_", "labels_", "verifier_")) for p in phases)
         assert (

@@ -204,9 +204,9 @@ class PairSettings:
     add_unpaired_correct: bool = False
     """With ``source: verifier`` or ``outcome``: every distinct correct sample that is not the chosen side
     of a pair joins the round as an SFT row (its loss the NLL alone), so the method trains on RFT's rows and
-    adds the preference term on its pairs. Off (the paper): the round trains on the pairs alone, and a right sample
-    no pair chose is never trained on (a question's only distinct sample, a tie of scores, the right
-    samples beyond ``max_per_question``). On the demo (2026-12-02) the pairs chose 191 distinct right
+    adds the preference term on its pairs. Off (the paper): the round trains on the pairs alone, and a
+    right sample no pair chose is never trained on (a question's only distinct sample, a tie of scores,
+    the right samples beyond ``max_per_question``). On the demo (2026-12-02) the pairs chose 191 distinct right
     samples on 184 questions where RFT's rows held 312 on 287, and RFT ended 4 points above the method."""
 
     def __post_init__(self) -> None:
