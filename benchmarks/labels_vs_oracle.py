@@ -5,6 +5,9 @@ column of the report); this reads any run's ``labels_<t>.jsonl`` and rebuilds th
 run's manifest, so older runs can be read the same way. Per phase: the sampled trajectories (the gold
 solutions left out) and the expansions apart, with the first-error accuracy and how many labels put the
 first error earlier (a right step labelled wrong) or later (a wrong step labelled right) than the oracle.
+Then, per ``samples_<t>.jsonl``, how often the outcome and the steps disagree: right answers with a wrong
+step, wrong answers whose every step is right. Where both are rare, the outcome already says which steps
+are right, and step labels can add little to what right-over-wrong pairs learn.
 
     python benchmarks/labels_vs_oracle.py --run runs/demo [--data-source ../shared/data/gsm8k/train.jsonl]
 """
@@ -48,6 +51,24 @@ def split_labels(trajectories: list[Trajectory]) -> LabelledData:
     )
 
 
+def outcome_against_steps(task, trajectories: list[Trajectory], questions: dict) -> dict[str, int]:
+    """Sampled trajectories (the gold left out) by outcome and by the oracle's steps."""
+    sampled = [t for t in trajectories if t.label_source != "gold" and t.outcome is not None]
+
+    def flawed(t: Trajectory) -> bool:
+        return any(label < 0.5 for label in task.oracle_labels(t, questions[t.question_id]))
+
+    right = [t for t in sampled if t.outcome]
+    wrong = [t for t in sampled if not t.outcome]
+    return {
+        "samples": len(sampled),
+        "right": len(right),
+        "right_with_a_wrong_step": sum(flawed(t) for t in right),
+        "wrong": len(wrong),
+        "wrong_with_every_step_right": sum(not flawed(t) for t in wrong),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,6 +93,15 @@ def main() -> None:
                 f"| {path.stem} | {part} | {a['trajectories']} | {a['first_error_accuracy']:.3f} "
                 f"| {a['earlier']} | {a['later']} | {a['step_accuracy']:.3f} |"
             )
+    by_id = {q.id: q for q in questions}
+    print("\n| samples | sampled | right | right with a wrong step | wrong | wrong with every step right |")
+    print("|---|---|---|---|---|---|")
+    for path in sorted(run.glob("samples_*.jsonl"), key=lambda p: int(p.stem.split("_")[1])):
+        c = outcome_against_steps(task, read_jsonl(path), by_id)
+        print(
+            f"| {path.stem} | {c['samples']} | {c['right']} | {c['right_with_a_wrong_step']} | {c['wrong']} "
+            f"| {c['wrong_with_every_step_right']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """The reproduction: SAPO's loop beside its baselines and ablations, shaped like the paper's Tables 1 and 3.
 
-One run of the method (``--config``, ``--iterations`` rounds, by default the demo recipe with 3), then one
-round of each arm begun from that run after ``--branch-after`` (``samples_1``: the same SFT start, the same
-first verifier, the same samples of round 1; ``sapo.evolution.branch``), so that every arm differs from
-SAPO's round 1 only in what the arm changes, at the same optimizer steps (``orpo.max_steps`` of the recipe):
+One run of the method (``--config``, ``--iterations`` rounds, by default the demo recipe with 3), then each
+arm begun from that run after ``--branch-after`` (``samples_1``: the same SFT start, the same first
+verifier, the same samples of round 1; ``sapo.evolution.branch``), so that every arm differs from SAPO's
+round 1 only in what the arm changes, at the same optimizer steps (``orpo.max_steps`` of the recipe). The
+two baselines run as many rounds as the method (``--baseline-iterations``), each round from its own
+previous model and samples, so that SAPO's last round has a baseline at equal optimizer steps and tokens;
+the ablations run one round. Each row is set beside SAPO's round of the same number:
 
 | row | what | run |
 |---|---|---|
 | SFT | the converged SFT start | the method's run, iteration 0 |
-| SFT continued | the round trains on the gold solutions again | ``configs/ablations/sft_continued.yaml`` |
-| RFT | the round trains on the right samples, no verifier | ``configs/ablations/rft.yaml`` |
+| SFT continued t | each round trains on the gold solutions again | ``configs/ablations/sft_continued.yaml`` |
+| RFT t | each round trains on its right samples, no verifier | ``configs/ablations/rft.yaml`` |
 | SAPO 1..T | the method | the method's run, iteration t |
 | Monte Carlo labels | SIPF's labels (k rollouts per step) | ``configs/ablations/monte_carlo.yaml`` |
 | binary-search labels | OmegaPRM-style | ``configs/ablations/binary_search.yaml`` |
@@ -81,6 +84,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--iterations", type=int, default=3, help="rounds of the method (the paper: 3)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
     parser.add_argument(
+        "--baseline-iterations",
+        type=int,
+        help="rounds of SFT continued and RFT (default: --iterations, equal steps to the method's last round)",
+    )
+    parser.add_argument(
         "--branch-after", default="samples_1", help="the method's last phase every arm copies"
     )
     parser.add_argument("--k", type=int, default=4, help="completions per estimate for every strategy with k")
@@ -94,6 +102,11 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
     if args.iterations < 1:
         parser.error("--iterations: at least 1 (the arms are compared with the method's round 1)")
+    baseline_rounds = args.iterations if args.baseline_iterations is None else args.baseline_iterations
+    if not 1 <= baseline_rounds <= args.iterations:
+        parser.error(
+            f"--baseline-iterations: from 1 to --iterations ({args.iterations}), not {baseline_rounds}"
+        )
 
     method_dir = args.runs / "sapo"
     sapo_fit(configs, method_dir, ["--model.init_args.iterations", str(args.iterations), *extra])
@@ -101,19 +114,25 @@ def main(argv: list[str] | None = None) -> Path:
         _, overlay, takes_k = ARMS[arm]
         k = ["--model.init_args.labelling.strategy.init_args.k", str(args.k)] if takes_k else []
         branch = ["--model.init_args.branch_from", str(method_dir), "--model.init_args.branch_after"]
+        rounds = baseline_rounds if arm in BASELINES else 1
         sapo_fit(
             [*configs, ABLATIONS / overlay],
             args.runs / arm,
-            ["--model.init_args.iterations", "1", *branch, args.branch_after, *k, *extra],
+            ["--model.init_args.iterations", str(rounds), *branch, args.branch_after, *k, *extra],
         )
 
-    sft, method = Arm("SFT", method_dir, 0), Arm("SAPO 1", method_dir, 1)
+    sft = Arm("SFT", method_dir, 0)
+    method = {t: Arm(f"SAPO {t}", method_dir, t) for t in range(1, args.iterations + 1)}
     rows = [sft]
-    rows += [Arm(ARMS[a][0], args.runs / a, 1) for a in arms if a in BASELINES]
-    rows += [Arm(f"SAPO {t}", method_dir, t) for t in range(1, args.iterations + 1)]
+    for t in range(1, args.iterations + 1):
+        if t <= baseline_rounds:
+            rows += [Arm(f"{ARMS[a][0]} {t}", args.runs / a, t) for a in arms if a in BASELINES]
+        rows.append(method[t])
     rows += [Arm(ARMS[a][0], args.runs / a, 1) for a in arms if a not in BASELINES]
     results = compare_arms(rows, reference=sft, method=method)
-    table = write_comparison(results, args.out, reference="SFT", method="SAPO 1", title="Reproduction")
+    table = write_comparison(
+        results, args.out, reference="SFT", method="SAPO (same round)", title="Reproduction"
+    )
     print(table.read_text(encoding="utf-8"))
     return table
 

@@ -150,6 +150,24 @@ def test_compare_arms_pairs_every_arm_with_the_reference_and_the_method(tmp_path
         compare_arms([Arm("C", tmp_path / "c", 1)], reference=sft)
 
 
+def test_compare_arms_sets_each_round_beside_the_methods_round_of_the_same_number(tmp_path):
+    _answers(tmp_path / "a" / "heldout_0.jsonl", [False, False, False, False])
+    _answers(tmp_path / "a" / "heldout_1.jsonl", [True, False, False, False])
+    _answers(tmp_path / "a" / "heldout_2.jsonl", [True, True, True, False])
+    _answers(tmp_path / "b" / "heldout_1.jsonl", [True, True, False, False])
+    _answers(tmp_path / "b" / "heldout_2.jsonl", [True, True, False, False])
+    _answers(tmp_path / "c" / "heldout_3.jsonl", [True, True, True, True])
+    sft = Arm("SFT", tmp_path / "a", 0)
+    rounds = {t: Arm(f"SAPO {t}", tmp_path / "a", t) for t in (1, 2)}
+    b1, b2, c3 = Arm("B 1", tmp_path / "b", 1), Arm("B 2", tmp_path / "b", 2), Arm("C 3", tmp_path / "c", 3)
+    rows = compare_arms([sft, rounds[1], b1, rounds[2], b2, c3], reference=sft, method=rounds)
+    by_name = {r.name: r for r in rows}
+    assert by_name["B 1"].vs_method[0] == pytest.approx(0.25)  # B's round 1 is one question above SAPO's
+    assert by_name["B 2"].vs_method[0] == pytest.approx(-0.25)  # and its round 2 one below SAPO's round 2
+    assert by_name["SAPO 1"].vs_method is None and by_name["SAPO 2"].vs_method is None
+    assert by_name["C 3"].vs_method is None and by_name["C 3"].vs_reference[0] == pytest.approx(1.0)
+
+
 def test_heldout_outcomes_names_the_file_and_line_of_a_damaged_answer(tmp_path):
     (tmp_path / "heldout_0.jsonl").write_text('{"question_id": "q0", "outcome": true}\n{"outcome": true}\n')
     with pytest.raises(ValueError, match=r"heldout_0\.jsonl, line 2"):
@@ -160,11 +178,24 @@ def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.spread
-def test_the_reproduction_runs_arms_begun_from_the_method_on_the_smoke_recipe(tmp_path, sapo_cache_dir):
+def _reproduction():
     spec = importlib.util.spec_from_file_location("reproduction", ROOT / "benchmarks" / "reproduction.py")
     reproduction = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reproduction)
+    return reproduction
+
+
+def test_the_reproduction_refuses_more_baseline_rounds_than_the_methods_before_any_run(tmp_path, capsys):
+    argv = ["--iterations", "1", "--baseline-iterations", "2", "--runs", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit):
+        _reproduction().main(argv)
+    assert "--baseline-iterations: from 1 to --iterations (1), not 2" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.spread
+def test_the_reproduction_runs_arms_begun_from_the_method_on_the_smoke_recipe(tmp_path, sapo_cache_dir):
+    reproduction = _reproduction()
     runs, out = tmp_path / "runs", tmp_path / "out"
     argv = ["--config", str(CONFIGS / "smoke.yaml"), "--iterations", "1", "--arms", "rft,outcome", "--k", "2"]
     argv += [
@@ -198,7 +229,7 @@ def test_the_reproduction_runs_arms_begun_from_the_method_on_the_smoke_recipe(tm
     assert "labels_1" not in rft and outcome["labels_1"]["strategy"] == "OutcomeSupervision"
 
     table = json.loads((out / "table.json").read_text())
-    assert [r["name"] for r in table] == ["SFT", "RFT", "SAPO 1", "outcome labels (no process feedback)"]
+    assert [r["name"] for r in table] == ["SFT", "RFT 1", "SAPO 1", "outcome labels (no process feedback)"]
     sft_answers = heldout_outcomes(out.parent / "runs" / "sapo", 0)
     for row in table[1:]:
         answers = heldout_outcomes(Path(row["run_dir"]), row["iteration"])
@@ -207,7 +238,7 @@ def test_the_reproduction_runs_arms_begun_from_the_method_on_the_smoke_recipe(tm
         assert row["vs_reference"] == pytest.approx(list(expected))
     assert table[1]["label_cost"] == {} and table[3]["label_cost"].get("completions", 0) == 0  # no rollouts
     assert table[2]["label_cost"] == method["labels_1"]["cost"]
-    assert (out / "accuracy.png").stat().st_size > 0 and (out / "heldout_rft.jsonl").is_file()
+    assert (out / "accuracy.png").stat().st_size > 0 and (out / "heldout_rft_1.jsonl").is_file()
 
     # rerunning an arm resumes it: nothing is started again
     before = len(_events(runs / "rft"))

@@ -1,14 +1,19 @@
-"""Step labels against a task's oracle: first-error accuracy, and which way the disagreements go."""
+"""Step labels against a task's oracle: first-error accuracy, which way the disagreements go, and samples whose
+outcome and steps disagree."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import pytest
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.data.trajectory import Trajectory, prefix_labels
 from sapo.eval import label_agreement
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +60,23 @@ def test_agreement_needs_labels_and_an_oracle(task_and_question):
     assert label_agreement(task, [], {question.id: question}) is None
     with pytest.raises(ValueError, match="trajectory 0 .* has no labels"):
         label_agreement(task, [Trajectory(question.id, question.question, ["1 + 1 = 2"])], {})
+
+
+def test_samples_whose_outcome_and_steps_disagree_are_counted(task_and_question):
+    spec = importlib.util.spec_from_file_location("labels_vs_oracle", BENCHMARKS / "labels_vs_oracle.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    task, question = task_and_question
+    gold = task.gold_trajectory(question)
+    right = task.trajectory(question, "\n".join(gold.steps))
+    lucky = task.trajectory(question, "\n".join(_labelled(task, question, 1).steps))  # 99999, then the answer
+    wrong = task.trajectory(question, "\n".join([*gold.steps[:-1], "The answer is 99999."]))
+    assert (right.outcome, lucky.outcome, wrong.outcome) == (True, True, False)
+    counts = script.outcome_against_steps(task, [gold, right, lucky, wrong], {question.id: question})
+    assert counts == {  # the gold solution is not a sample
+        "samples": 3,
+        "right": 2,
+        "right_with_a_wrong_step": 1,
+        "wrong": 1,
+        "wrong_with_every_step_right": 0,
+    }

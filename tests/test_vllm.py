@@ -1,6 +1,6 @@
 """The vLLM backend on the CPU build: greedy agreement with transformers, seeds, the stop rule in rounds, one
 engine reloaded in place for another checkpoint, and the whole loop on one engine, resumed after the engine
-failed to start."""
+failed to start, then extended by a round that stops the engine while it trains."""
 
 from __future__ import annotations
 
@@ -219,3 +219,21 @@ def test_the_loop_runs_on_one_engine_and_resumes_after_it_failed_to_start(tmp_pa
     assert engines[0]["checkpoint"] == engines[-1]["checkpoint"] == phases["sft"]["reasoner"]
     assert phases["samples_0"]["correct"] >= 0 and phases["samples_0"]["trajectories"] > 0
     assert (run_dir / "heldout_1.jsonl").is_file() and (run_dir / "report.md").is_file()
+
+    # a second round with the engine stopped for training: the round's sampling starts an engine (this is a
+    # new process), its verifier stops it, and the held-out answers start another one
+    stopping = (
+        "--model.init_args.iterations",
+        "2",
+        "--model.init_args.sampling.vllm.stop_while_training",
+        "true",
+    )
+    extended = _loop(
+        run_dir, sapo_cache_dir, "--model.init_args.sampling.vllm.kv_cache_gib", "0.25", *stopping
+    )
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert extended.stdout.count("starting the vLLM engine") == 2
+    phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
+    assert phases["labels_2"]["vllm_engine"] == phases["samples_2"]["vllm_engine"]  # kept while generating
+    kept = phases["orpo_1"]["memory"]["workers_peak_rss_gib"]
+    assert phases["orpo_2"]["memory"].get("workers_peak_rss_gib", 0.0) < kept / 2  # trained without it

@@ -29,11 +29,9 @@ from sapo.rollout.vllm_backend import INSTALL_HINT, VLLMBackend, VLLMEngine, VLL
 
 __all__ = ["ADJUSTABLE", "ReasonerBackends", "chosen_backend", "frozen_dtype"]
 
-#: settings a rerun may change: they size the engine, they do not change what it computes
-ADJUSTABLE = tuple(
-    f"{FLAG}.sampling.vllm.{name}"
-    for name in ("kv_cache_gib", "gpu_memory_utilization", "cpu_cores", "max_model_len")
-)
+#: settings a rerun may change: they size the engine or say when it runs, not what it computes
+_ENGINE_SIZE = ("kv_cache_gib", "gpu_memory_utilization", "cpu_cores", "max_model_len", "stop_while_training")
+ADJUSTABLE = tuple(f"{FLAG}.sampling.vllm.{name}" for name in _ENGINE_SIZE)
 
 
 def chosen_backend(setting: str) -> str:
@@ -151,6 +149,12 @@ class ReasonerBackends:
     def summary(self) -> dict[str, Any]:
         """What a phase's record keeps about the engine (empty with transformers)."""
         return {} if self.engine is None else {"vllm_engine": self.engine.summary()}
+
+    def before_training(self) -> None:
+        """A training phase begins: stop the engine if ``vllm.stop_while_training`` asks for its memory
+        (the next :meth:`open` starts a new one)."""
+        if self.settings.vllm.stop_while_training:
+            self.close()
 
     def close(self) -> None:
         """Stop the engine, if one was started."""

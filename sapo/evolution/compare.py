@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,15 +77,24 @@ def _paired(before: dict[str, bool], after: dict[str, bool], where: str) -> tupl
     return paired_difference([before[i] for i in ids], [after[i] for i in ids])
 
 
-def compare_arms(arms: Sequence[Arm], reference: Arm, method: Arm | None = None) -> list[ArmResult]:
+def compare_arms(
+    arms: Sequence[Arm], reference: Arm, method: Arm | Mapping[int, Arm] | None = None
+) -> list[ArmResult]:
     """Every arm's held-out accuracy, its paired difference from ``reference`` and from ``method``, and the
-    label cost of its rounds."""
+    label cost of its rounds.
+
+    ``method`` may map an iteration to the method's arm of that round: each arm is then set beside the
+    method's round of the same number (RFT's round 2 beside SAPO's round 2, at equal optimizer steps), and
+    an arm whose round the mapping lacks gets no such difference."""
     base = heldout_outcomes(reference.run_dir, reference.iteration)
-    ours = None if method is None else heldout_outcomes(method.run_dir, method.iteration)
+    ours: dict[Arm, dict[str, bool]] = {}
     results = []
     for arm in arms:
         outcomes = heldout_outcomes(arm.run_dir, arm.iteration)
         where = f"{arm.run_dir}/heldout_{arm.iteration}.jsonl"
+        against = method.get(arm.iteration) if isinstance(method, Mapping) else method
+        if against is not None and against not in ours:
+            ours[against] = heldout_outcomes(against.run_dir, against.iteration)
         phases = read_manifest(arm.run_dir)["phases"]
         cost = round_cost(phases, range(1, arm.iteration + 1))
         last_labels = phases.get(f"labels_{arm.iteration}", {})
@@ -97,7 +106,7 @@ def compare_arms(arms: Sequence[Arm], reference: Arm, method: Arm | None = None)
                 questions=len(outcomes),
                 accuracy=sum(outcomes.values()) / max(1, len(outcomes)),
                 vs_reference=None if arm == reference else _paired(base, outcomes, where),
-                vs_method=None if ours is None or arm == method else _paired(ours, outcomes, where),
+                vs_method=None if against in (None, arm) else _paired(ours[against], outcomes, where),
                 label_cost=cost.to_dict(),
                 strategy=last_labels.get("strategy") if arm.iteration > 0 else None,
             )

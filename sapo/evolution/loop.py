@@ -147,9 +147,8 @@ class SelfEvolution:
         self.iterations = iterations
         self.seed = seed
         # copies: the defaults are shared instances, and the strategies inside may keep state
-        self.sft, self.sampling, self.labelling = copy.deepcopy((sft, sampling, labelling))
-        self.verifier, self.pairs, self.orpo, self.evaluation = copy.deepcopy(
-            (verifier, pairs, orpo, evaluation)
+        self.sft, self.sampling, self.labelling, self.verifier, self.pairs, self.orpo, self.evaluation = (
+            copy.deepcopy((sft, sampling, labelling, verifier, pairs, orpo, evaluation))
         )
         #: the verifier's adapter: its own, else SIPF's LoRA when the reasoner trains with LoRA
         self.verifier_lora = (
@@ -583,6 +582,7 @@ class SelfEvolution:
         gradient_clip: float | None = None,
         max_steps: int | None = None,
     ) -> None:
+        self._backends.before_training()
         trainer = phase_trainer(
             self.template,
             self.run_dir,
