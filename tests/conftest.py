@@ -5,8 +5,11 @@ The cache lives in a session temporary folder, so a run never depends on (or wri
 only when a test asks for it (about 20 s).
 """
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: hub lookups fail fast
 
@@ -36,6 +39,20 @@ def without_times(value):
     if isinstance(value, list):
         return [without_times(v) for v in value]
     return value
+
+
+#: the benchmark scripts, which some tests load as modules
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` loaded as a module (registered in ``sys.modules``: dataclasses look their
+    module up while a class is built)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def loop_env() -> dict[str, str]:

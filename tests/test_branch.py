@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import loop_env
+from conftest import benchmark_script, loop_env
 
 from sapo.eval.reasoner import paired_difference
 from sapo.evolution.branch import begin_branch, phase_paths, phase_settings
@@ -178,24 +177,17 @@ def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
 
 
-def _reproduction():
-    spec = importlib.util.spec_from_file_location("reproduction", ROOT / "benchmarks" / "reproduction.py")
-    reproduction = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduction)
-    return reproduction
-
-
 def test_the_reproduction_refuses_more_baseline_rounds_than_the_methods_before_any_run(tmp_path, capsys):
     argv = ["--iterations", "1", "--baseline-iterations", "2", "--runs", str(tmp_path / "runs")]
     with pytest.raises(SystemExit):
-        _reproduction().main(argv)
+        benchmark_script("reproduction").main(argv)
     assert "--baseline-iterations: from 1 to --iterations (1), not 2" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.spread
 def test_the_reproduction_runs_arms_begun_from_the_method_on_the_smoke_recipe(tmp_path, sapo_cache_dir):
-    reproduction = _reproduction()
+    reproduction = benchmark_script("reproduction")
     runs, out = tmp_path / "runs", tmp_path / "out"
     argv = ["--config", str(CONFIGS / "smoke.yaml"), "--iterations", "1", "--arms", "rft,outcome", "--k", "2"]
     argv += [

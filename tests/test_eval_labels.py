@@ -4,16 +4,13 @@ outcome and steps disagree."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import benchmark_script
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.data.trajectory import Trajectory, prefix_labels
 from sapo.eval import label_agreement
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +60,7 @@ def test_agreement_needs_labels_and_an_oracle(task_and_question):
 
 
 def test_samples_whose_outcome_and_steps_disagree_are_counted(task_and_question):
-    spec = importlib.util.spec_from_file_location("labels_vs_oracle", BENCHMARKS / "labels_vs_oracle.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("labels_vs_oracle")
     task, question = task_and_question
     gold = task.gold_trajectory(question)
     right = task.trajectory(question, "\n".join(gold.steps))

@@ -3,13 +3,12 @@ script run end to end with the tiny random model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import benchmark_script
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.data.trajectory import NO_ERROR, Cost, Trajectory, first_error_of
@@ -23,16 +22,10 @@ from sapo.supervision import (
     Rollout,
 )
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "labelling.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("labelling_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("labelling")
 
 
 def trajectory(labels, outcome, cost=None, **meta) -> Trajectory:

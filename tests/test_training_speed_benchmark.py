@@ -4,29 +4,23 @@ end to end on the tiny random model (the TRL side needs the benchmark's own envi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import BENCHMARKS, benchmark_script
 
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.data.trajectory import Trajectory, prefix_labels
 from sapo.models import TINY_RANDOM, BackboneSpec
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(BENCHMARKS))  # the driver imports its children's common module
     try:
-        spec = importlib.util.spec_from_file_location("training_speed", BENCHMARKS / "training_speed.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield benchmark_script("training_speed")
     finally:
         sys.path.remove(str(BENCHMARKS))
 

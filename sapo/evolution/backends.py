@@ -30,8 +30,14 @@ from sapo.rollout.vllm_backend import INSTALL_HINT, VLLMBackend, VLLMEngine, VLL
 __all__ = ["ADJUSTABLE", "ReasonerBackends", "chosen_backend", "frozen_dtype"]
 
 #: settings a rerun may change: they size the engine or say when it runs, not what it computes
-_ENGINE_SIZE = ("kv_cache_gib", "gpu_memory_utilization", "cpu_cores", "max_model_len", "stop_while_training")
-ADJUSTABLE = tuple(f"{FLAG}.sampling.vllm.{name}" for name in _ENGINE_SIZE)
+_RESULT_NEUTRAL = (
+    "kv_cache_gib",
+    "gpu_memory_utilization",
+    "cpu_cores",
+    "max_model_len",
+    "stop_while_training",
+)
+ADJUSTABLE = tuple(f"{FLAG}.sampling.vllm.{name}" for name in _RESULT_NEUTRAL)
 
 
 def chosen_backend(setting: str) -> str:
