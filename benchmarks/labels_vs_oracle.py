@@ -9,7 +9,13 @@ Then, per ``samples_<t>.jsonl``, how often the outcome and the steps disagree: r
 step, wrong answers whose every step is right. Where both are rare, the outcome already says which steps
 are right, and step labels can add little to what right-over-wrong pairs learn.
 
-    python benchmarks/labels_vs_oracle.py --run runs/demo [--data-source ../shared/data/gsm8k/train.jsonl]
+With ``--verifier-rewards``, each verifier V_t of the run also scores the right samples of D_t (the gold
+left out), and the table says whether its reward (the mean step score that ranks the pairs) puts the right
+answers whose every step is right above those reached through a wrong step: the filter a process reward
+adds to outcome checks.
+
+    python benchmarks/labels_vs_oracle.py --run runs/demo [--data-source ../shared/data/gsm8k/train.jsonl] \
+        [--verifier-rewards]
 """
 
 from __future__ import annotations
@@ -19,8 +25,15 @@ import importlib
 import json
 from pathlib import Path
 
+import torch
+
+from sapo.data.reward import trajectory_reward
 from sapo.data.trajectory import Trajectory, read_jsonl
-from sapo.evolution.data import LabelledData
+from sapo.eval.processbench import score_trajectories
+from sapo.evolution.data import LabelledData, TaskPrompts
+from sapo.models.backbone import load_tokenizer
+from sapo.models.verifier import PRMVerifier
+from sapo.models.verifier_metrics import step_auroc
 
 
 def build_task(spec: dict):
@@ -69,6 +82,51 @@ def outcome_against_steps(task, trajectories: list[Trajectory], questions: dict)
     }
 
 
+def right_answer_separation(task, trajectories: list[Trajectory], scores, questions: dict) -> dict:
+    """How a verifier's rewards order the right answers: those whose every step is right (clean) against
+    those with a wrong step (flawed), by the task's oracle; the AUROC is P(r_clean > r_flawed)."""
+    flawed = [any(v < 0.5 for v in task.oracle_labels(t, questions[t.question_id])) for t in trajectories]
+    rewards = [trajectory_reward(s) for s in scores]
+    clean_rewards = [r for r, f in zip(rewards, flawed, strict=True) if not f]
+    flawed_rewards = [r for r, f in zip(rewards, flawed, strict=True) if f]
+    return {
+        "right": len(rewards),
+        "flawed": len(flawed_rewards),
+        "mean_clean": sum(clean_rewards) / max(1, len(clean_rewards)),
+        "mean_flawed": sum(flawed_rewards) / max(1, len(flawed_rewards)),
+        "auroc": step_auroc([[r] for r in rewards], [[0.0 if f else 1.0] for f in flawed]),
+    }
+
+
+def verifier_rewards(run: Path, task, questions: list) -> None:
+    """Print :func:`right_answer_separation` for every ``verifier_<t>`` of the run on D_t's right samples."""
+    by_id = {q.id: q for q in questions}
+    prompts = TaskPrompts(load_tokenizer(str(run / "sft" / "reasoner")), [(task, questions)])
+    print(
+        "\n| verifier | right samples of D_t | with a wrong step | mean reward, clean | flawed | AUROC clean > flawed |"
+    )
+    print("|---|---|---|---|---|---|")
+    folders = sorted(run.glob("verifier_*"), key=lambda p: int(p.name.split("_")[1]))
+    for folder in folders:
+        t = int(folder.name.split("_")[1])
+        right = [
+            s
+            for u in range(t + 1)
+            if (run / f"samples_{u}.jsonl").is_file()
+            for s in read_jsonl(run / f"samples_{u}.jsonl")
+            if s.outcome is True and s.label_source != "gold" and s.num_steps > 0
+        ]
+        verifier = PRMVerifier.from_pretrained(folder, backbone_options={"dtype": "bfloat16"}, prompt=prompts)
+        verifier.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            scores = score_trajectories(verifier, right, str(folder))
+        c = right_answer_separation(task, right, scores, by_id)
+        auroc = "n/a" if c["auroc"] is None else f"{c['auroc']:.3f}"
+        print(
+            f"| V_{t} | {c['right']} | {c['flawed']} | {c['mean_clean']:.3f} | {c['mean_flawed']:.3f} | {auroc} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,6 +134,11 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a loop run directory")
     parser.add_argument(
         "--data-source", help="the training task's source, where the run's names a hub dataset out of reach"
+    )
+    parser.add_argument(
+        "--verifier-rewards",
+        action="store_true",
+        help="also score each round's right samples with its verifier (loads every verifier_<t>)",
     )
     args = parser.parse_args()
     run = Path(args.run)
@@ -102,6 +165,8 @@ def main() -> None:
             f"| {path.stem} | {c['samples']} | {c['right']} | {c['right_with_a_wrong_step']} | {c['wrong']} "
             f"| {c['wrong_with_every_step_right']} |"
         )
+    if args.verifier_rewards:
+        verifier_rewards(run, task, questions)
 
 
 if __name__ == "__main__":

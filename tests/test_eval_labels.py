@@ -75,3 +75,22 @@ def test_samples_whose_outcome_and_steps_disagree_are_counted(task_and_question)
         "wrong": 1,
         "wrong_with_every_step_right": 0,
     }
+
+
+def test_a_verifiers_rewards_of_right_answers_are_set_against_the_oracle(task_and_question):
+    script = benchmark_script("labels_vs_oracle")
+    task, question = task_and_question
+    gold = task.gold_trajectory(question)
+    right = task.trajectory(question, "\n".join(gold.steps))
+    lucky = task.trajectory(question, "\n".join(_labelled(task, question, 1).steps))  # a wrong step
+    questions = {question.id: question}
+    ordered = script.right_answer_separation(
+        task, [right, lucky], [[0.9] * right.num_steps, [0.4] * lucky.num_steps], questions
+    )
+    assert ordered["right"] == 2 and ordered["flawed"] == 1
+    assert ordered["mean_clean"] == pytest.approx(0.9) and ordered["mean_flawed"] == pytest.approx(0.4)
+    assert ordered["auroc"] == 1.0
+    backwards = script.right_answer_separation(
+        task, [right, lucky], [[0.2] * right.num_steps, [0.4] * lucky.num_steps], questions
+    )
+    assert backwards["auroc"] == 0.0

@@ -19,6 +19,7 @@ import yaml
 from conftest import loop_env, without_times
 
 from sapo.cli import SapoCLI
+from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.eval.reasoner import paired_difference
 from sapo.evolution import RunDirectory, RunMismatchError
 
@@ -201,6 +202,7 @@ def test_the_run_directory_holds_every_phase_and_a_report(resumed_run):
         sampled["trajectories"] * (1 - sampled["first_error_accuracy"])
     )
     assert "| labels_1 | FirstErrorSupervision |" in (run_dir / "report.md").read_text()
+    assert "V0 trained on BinarySearchSupervision labels" in (run_dir / "report.md").read_text()
     pairs = [json.loads(line) for line in (run_dir / "pairs_1.jsonl").read_text().splitlines()]
     assert len(pairs) == manifest["pairs_1"]["pairs"]
     for name in ("sft/reasoner", "iteration_1/reasoner", "iteration_2/reasoner", "verifier_2"):
@@ -248,8 +250,19 @@ def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_d
     phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
     strategy = labelling.get("strategy", {}).get("class_path")
     source = config["model"]["init_args"].get("pairs", {}).get("source")
-    if source in ("rft", "outcome"):
+    if source in ("rft", "outcome", "oracle"):
         assert "labels_1" not in phases and "verifier_1" not in phases and "orpo_1" in phases
+        assert "this recipe trains no verifier" in (run_dir / "report.md").read_text()
+        if source == "oracle":  # every trained answer is right at every step, by the exact oracle
+            smoke = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())["data"]["init_args"]["task"]
+            task = ArithmeticTask(**smoke["init_args"])
+            questions = {q.id: q for q in task.load()}
+            pairs = [json.loads(line) for line in (run_dir / "pairs_1.jsonl").read_text().splitlines()]
+            assert pairs and phases["pairs_1"]["pairs"] == len(pairs)
+            for pair in pairs:
+                question = questions[pair["question_id"]]
+                chosen = task.trajectory(question, task.completion_text(pair["chosen"]))
+                assert chosen.outcome is True and min(task.oracle_labels(chosen, question)) == 1.0
         if source == "outcome":  # every pair puts a right answer over a wrong one of its question
             outcome = {}  # D_1: both rounds' samples (they accumulate) and the gold solutions
             for samples in sorted(run_dir.glob("samples_*.jsonl")):
@@ -283,6 +296,7 @@ def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_d
         (["--model.init_args.iterations", "two"], "iterations"),
         (["--model.init_args.labelling.strategy.init_args.k", "-1"], "k must be at least 1"),
         (["--model.init_args.pairs.margin", "1.5"], "model.init_args.pairs.margin"),
+        (["--model.init_args.pairs.min_chosen_reward", "2"], "model.init_args.pairs.min_chosen_reward"),
         (["--model.init_args.sampling.temperature", "-1"], "model.init_args.sampling.temperature"),
         (["--model.init_args.sampling.backend", "tgi"], "model.init_args.sampling.backend"),
         (["--model.init_args.verifier.loss", "hinge"], "model.init_args.verifier.loss"),

@@ -233,3 +233,18 @@ def test_outcome_pairs_put_right_over_wrong_hardest_wrong_first():
     unranked = outcome_pairs(trajectories, None, max_pairs_per_question=2)
     assert [(p.chosen, p.rejected) for p in unranked] == [(["r1"], ["w1"]), (["r2"], ["w2"])]
     assert [p.margin for p in unranked] == [0.0, 0.0]
+
+
+def test_a_chosen_side_needs_the_least_reward_but_a_rejected_side_does_not():
+    trajectories = [
+        _trajectory("q1", "high", outcome=True),
+        _trajectory("q1", "middle", outcome=True),
+        _trajectory("q1", "low", outcome=False),
+    ]
+    scores = [[0.9, 0.9], [0.6, 0.6], [0.1, 0.1]]
+    pairs = build_pairs(trajectories, scores, margin=0.0, max_pairs_per_question=4, min_chosen_reward=0.7)
+    assert sorted(_names(pairs)) == [("high", "low"), ("high", "middle")]
+    everything = build_pairs(trajectories, scores, margin=0.0, max_pairs_per_question=4)
+    assert ("middle", "low") in _names(everything)
+    with pytest.raises(ValueError, match="min_chosen_reward"):
+        build_pairs(trajectories, scores, min_chosen_reward=1.2)

@@ -83,17 +83,20 @@ def candidate_pairs(
     margin: float,
     require_correct_chosen: bool,
     dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
+    min_chosen_reward: float = 0.0,
 ) -> list[tuple[float, int, int]]:
     """``(r_w - r_l, w, l)`` for every ordered pair of one question's trajectories that may be a pair.
 
     A pair needs ``r_w - r_l >= margin`` and ``r_w > r_l`` (so a zero margin never pairs equal rewards both
-    ways), two different solutions (``dedup_key`` differs), and, with ``require_correct_chosen``, a chosen
-    side whose outcome is True. Sorted by margin, largest first; ties by the input order of the chosen side,
-    then of the rejected side.
+    ways), ``r_w >= min_chosen_reward``, two different solutions (``dedup_key`` differs), and, with
+    ``require_correct_chosen``, a chosen side whose outcome is True. Sorted by margin, largest first; ties by
+    the input order of the chosen side, then of the rejected side.
     """
     found = []
     for w in members:
         if require_correct_chosen and trajectories[w].outcome is not True:
+            continue
+        if rewards[w] < min_chosen_reward - MARGIN_TOLERANCE:
             continue
         for lose in members:
             gap = rewards[w] - rewards[lose]
@@ -138,6 +141,7 @@ def build_pairs(
     require_correct_chosen: bool = True,
     prompt: PromptSource = None,
     dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
+    min_chosen_reward: float = 0.0,
 ) -> list[PreferencePair]:
     """ORPO pairs ``(τ_w, τ_l)`` per question with ``r(τ_w) - r(τ_l) >= margin``, largest margin first.
 
@@ -163,20 +167,27 @@ def build_pairs(
             prompt, or ``None`` for the trajectory's question text.
         dedup_key: when two trajectories are the same solution (never a pair); pass the task's
             ``dedup_key``. Default: :func:`~sapo.data.steps.normalised_steps`, the base task's rule.
+        min_chosen_reward: the least reward of a chosen side (0: any); a trajectory below it may still be
+            a rejected side.
 
     Returns:
         The pairs, question by question in order of first appearance, each with its reward margin.
 
     Raises:
-        ValueError: the margin is outside [0, 1], ``max_pairs_per_question < 1``, or the scores do not
-            match the trajectories (the message names the trajectory's index and question id).
+        ValueError: the margin or ``min_chosen_reward`` is outside [0, 1], ``max_pairs_per_question < 1``, or
+            the scores do not match the trajectories (the message names the trajectory's index and question
+            id).
     """
     check_pair_settings(margin, max_pairs_per_question)
+    if not 0.0 <= min_chosen_reward <= 1.0:
+        raise ValueError(
+            f"min_chosen_reward must be in [0, 1] (a mean step score), got {min_chosen_reward!r}"
+        )
     rewards = checked_rewards(trajectories, scores)
 
     def select(members: list[int]) -> list[tuple[float, int, int]]:
         candidates = candidate_pairs(
-            members, trajectories, rewards, margin, require_correct_chosen, dedup_key
+            members, trajectories, rewards, margin, require_correct_chosen, dedup_key, min_chosen_reward
         )
         return select_pairs(candidates, max_pairs_per_question)
 

@@ -39,13 +39,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from sapo.data.datamodule import gold_pairs
-from sapo.data.pairs import build_pairs, outcome_pairs, rft_pairs, unpaired_correct
 from sapo.data.preference import read_pairs
 from sapo.data.trajectory import Cost, Trajectory, read_jsonl, write_jsonl
 from sapo.eval.processbench import evaluate_on_oracle
@@ -56,6 +56,7 @@ from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunk
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
 from sapo.evolution.distributed import Ranks, device_for_rank, launch, torch_threads_for_rank
 from sapo.evolution.memory import PhaseMemory, release_memory
+from sapo.evolution.pair_sources import check_pair_source, round_pairs
 from sapo.evolution.report import publish_iteration, write_report
 from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory, round_cost, setting_differences
 from sapo.evolution.settings import (
@@ -73,6 +74,7 @@ from sapo.models.backbone import BackboneSpec, LoraSettings, load_tokenizer
 from sapo.models.reasoner import DPOReasoner, ORPOReasoner
 from sapo.models.verifier import PRMVerifier
 from sapo.rollout import derive_seed
+from sapo.supervision.oracle_scorer import OracleScorer
 
 __all__ = ["SelfEvolution"]
 
@@ -180,6 +182,7 @@ class SelfEvolution:
     ) -> list[dict]:
         """:meth:`fit` on one process of the launch (the only one, or rank ``ranks.rank`` of several)."""
         self.template, self.data, self.ranks = trainer, data, ranks
+        check_pair_source(self.pairs, data.task)
         ranks.agree(settings, lambda a, b: list(setting_differences(a, b)))
         torch_threads_for_rank(ranks)
         if device_for_rank(trainer):  # each process samples and scores on its own GPU
@@ -398,27 +401,9 @@ class SelfEvolution:
             dedup = self.data.task.dedup_key
             if self.pairs.source == "gold":  # SFT continued: D_org's gold solutions again
                 pairs = gold_pairs(self.data.task, prompts.tokenizer, self.data.gold_questions)
-            elif self.pairs.source == "rft":  # RFT: no ranking, SFT on the correct self-samples
-                pairs = rft_pairs(candidates, prompt=prompts, dedup_key=dedup)
-            elif self.pairs.source == "outcome":  # w/o RM: right over wrong answers, no verifier
-                pairs = outcome_pairs(candidates, None, self.pairs.max_per_question, prompts, dedup)
-            else:
-                scorer = self._load_verifier(verifier)
-                with self._precision():
-                    scores = scorer.score(candidates, description=f"scoring D_{t} for the pairs")
-                del scorer
-                release_memory()
-                pairs = build_pairs(
-                    candidates,
-                    scores,
-                    margin=self.pairs.margin,
-                    max_pairs_per_question=self.pairs.max_per_question,
-                    require_correct_chosen=self.pairs.require_correct_chosen,
-                    prompt=prompts,
-                    dedup_key=dedup,
-                )
-            if self.pairs.source in ("verifier", "outcome") and self.pairs.add_unpaired_correct:
-                pairs += unpaired_correct(candidates, pairs, prompt=prompts, dedup_key=dedup)
+            else:  # only the ranked sources call for the step scores
+                scores = partial(self._pair_scores, t, verifier, candidates)
+                pairs = round_pairs(self.pairs, candidates, scores, prompts, dedup)
             write_jsonl(pairs, path)
             margins = [p.margin for p in pairs if p.margin is not None]
             return {
@@ -430,6 +415,17 @@ class SelfEvolution:
 
         self._phase(name, work, everywhere=False)  # scores the whole set at once: on rank 0
         return path
+
+    def _pair_scores(self, t: int, verifier: Path | None, candidates: list[Trajectory]) -> list[list[float]]:
+        """Step scores that rank D_t's pairs: V_t's, or with ``pairs.source: oracle`` the task's exact ones."""
+        if self.pairs.source == "oracle":  # a perfect verifier: what the ranking could add at best
+            return OracleScorer(self.data.task).score(candidates)
+        scorer = self._load_verifier(verifier)
+        with self._precision():
+            scores = scorer.score(candidates, description=f"scoring D_{t} for the pairs")
+        del scorer
+        release_memory()
+        return scores
 
     def _orpo_phase(self, t: int, pairs_file: Path, previous: Path) -> Path:
         name, folder = f"orpo_{t}", self.run_dir / f"iteration_{t}" / "reasoner"

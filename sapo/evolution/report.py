@@ -62,11 +62,17 @@ def publish_iteration(
 def write_report(run: RunDirectory, iterations: Sequence[dict[str, Any]]) -> None:
     """Write ``report.md`` (and ``accuracy.png``, ``verifier.png``, ``label_cost.png``) in the run dir."""
     phases = run.manifest["phases"]
+    first_labels = phases.get("labels_0")
     lines = [
         f"# Run report: {run.path}",
         "",
-        "Iteration 0 is the SFT start (M0, with the first verifier V0 trained on binary-search labels);",
-        "iteration t evaluates the reasoner after ORPO round t and the verifier V_t of that round.",
+        (
+            f"Iteration 0 is the SFT start (M0, with the first verifier V0 trained on {first_labels['strategy']}"
+            " labels);\niteration t evaluates the reasoner after ORPO round t and the verifier V_t of that round."
+            if first_labels
+            else "Iteration 0 is the SFT start (M0); this recipe trains no verifier, so the verifier tables stay"
+            "\nempty; iteration t evaluates the reasoner after ORPO round t."
+        ),
         '"vs SFT" is the change on the same held-out questions, ± its 95% interval (paired, normal',
         "approximation): where the interval includes zero, the change cannot be told from noise.",
         "",

@@ -36,7 +36,7 @@ FLAG = "model.init_args"
 BACKENDS = ("auto", "transformers", "vllm")
 ORPO_INITS = ("base", "sft", "previous")
 VERIFIER_LOSSES = ("bce", "mse")
-PAIR_SOURCES = ("verifier", "outcome", "rft", "gold")
+PAIR_SOURCES = ("verifier", "oracle", "outcome", "rft", "gold")
 PREFERENCE_LOSSES = ("orpo", "dpo")
 SEARCH_METHODS = ("beam", "mcts")
 
@@ -189,25 +189,34 @@ class PairSettings:
     """Preference pairs P_t = Pairs(V_t, D_t): per question, trajectories whose rewards differ by a margin."""
 
     source: str = "verifier"
-    """``verifier`` (pairs ranked by V_t, the method); ``outcome`` (no labels and no verifier: a right answer
-    over a wrong one of the same question, the paper's "w/o RM" ablation, which tells what the verifier's
-    ranking adds to the preference term); ``rft`` (no pairs and no verifier: SFT on the correct
-    self-samples, the RFT baseline); or ``gold`` (no sampling, labels or verifier: each round trains on
-    D_org's gold solutions again, the "SFT continued" baseline that tells a gain of the loop from more
-    optimizer steps on the same solutions; give it the method's steps with ``orpo.max_steps``)."""
+    """``verifier`` (pairs ranked by V_t, the method); ``oracle`` (no labels and no verifier: pairs ranked
+    by the task's exact step oracle, a perfect verifier; a bound on what the verifier's ranking can add, not
+    a method, and only for tasks with an oracle, such as arithmetic); ``outcome`` (no labels and no
+    verifier: a right answer over a wrong one of the same question, the paper's "w/o RM" ablation, which
+    tells what the verifier's ranking adds to the preference term); ``rft`` (no pairs and no verifier: SFT
+    on the correct self-samples, the RFT baseline); or ``gold`` (no sampling, labels or verifier: each round
+    trains on D_org's gold solutions again, the "SFT continued" baseline that tells a gain of the loop from
+    more optimizer steps on the same solutions; give it the method's steps with ``orpo.max_steps``)."""
     margin: float = 0.3
     """η, the least difference of mean step scores between chosen and rejected (the paper: 0.3)."""
     max_per_question: int = 4
     """At most this many pairs per question, largest margin first."""
     require_correct_chosen: bool = True
     """The chosen side must have a correct answer (sapo's default; false is the paper's score-only rule)."""
+    min_chosen_reward: float = 0.0
+    """A right sample trains (as a chosen side, or as an unpaired SFT row) only when its reward, the mean of
+    its step scores, is at least this (``source: verifier`` or ``oracle``); it may still be a rejected side.
+    0: every right sample (the paper). 1 with ``source: oracle`` keeps only right answers whose every step
+    is right: on arithmetic 7-17% of the right samples reach the answer through a wrong step (2026-12-05),
+    and RFT trains on them."""
     add_unpaired_correct: bool = False
-    """With ``source: verifier`` or ``outcome``: every distinct correct sample that is not the chosen side
-    of a pair joins the round as an SFT row (its loss the NLL alone), so the method trains on RFT's rows and
-    adds the preference term on its pairs. Off (the paper): the round trains on the pairs alone, and a
-    right sample no pair chose is never trained on (a question's only distinct sample, a tie of scores,
-    the right samples beyond ``max_per_question``). On the demo (2026-12-02) the pairs chose 191 distinct right
-    samples on 184 questions where RFT's rows held 312 on 287, and RFT ended 4 points above the method."""
+    """With ``source: verifier``, ``oracle`` or ``outcome``: every distinct correct sample that is not the
+    chosen side of a pair joins the round as an SFT row (its loss the NLL alone), so the method trains on
+    RFT's rows and adds the preference term on its pairs. Off (the paper): the round trains on the pairs
+    alone, and a right sample no pair chose is never trained on (a question's only distinct sample, a tie of
+    scores, the right samples beyond ``max_per_question``). On the demo (2026-12-02) the pairs chose 191
+    distinct right samples on 184 questions where RFT's rows held 312 on 287, and RFT ended 4 points above
+    the method."""
 
     def __post_init__(self) -> None:
         _choice("pairs", "source", self.source, PAIR_SOURCES)
@@ -216,6 +225,10 @@ class PairSettings:
                 f"{FLAG}.pairs.margin must be in [0, 1] (a difference of mean step scores), got {self.margin}"
             )
         _at_least("pairs", 1, max_per_question=self.max_per_question)
+        if not 0 <= self.min_chosen_reward <= 1:
+            raise ValueError(
+                f"{FLAG}.pairs.min_chosen_reward must be in [0, 1] (a mean step score), got {self.min_chosen_reward}"
+            )
 
 
 @dataclass
