@@ -31,6 +31,12 @@ PromptSource = Callable[[Trajectory], str] | Mapping[str, str] | None
 MARGIN_TOLERANCE = 1e-9
 
 
+def reaches_reward(reward: float, least: float) -> bool:
+    """``reward >= least`` up to :data:`MARGIN_TOLERANCE`: whether a right answer may train as a chosen side
+    or an unpaired row under ``min_chosen_reward``."""
+    return reward >= least - MARGIN_TOLERANCE
+
+
 def prompt_of(trajectory: Trajectory, prompt: PromptSource) -> str:
     """The prompt of ``trajectory``'s question from a :data:`PromptSource`."""
     if prompt is None:
@@ -96,7 +102,7 @@ def candidate_pairs(
     for w in members:
         if require_correct_chosen and trajectories[w].outcome is not True:
             continue
-        if rewards[w] < min_chosen_reward - MARGIN_TOLERANCE:
+        if not reaches_reward(rewards[w], min_chosen_reward):
             continue
         for lose in members:
             gap = rewards[w] - rewards[lose]

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 
 from sapo.data.pairs import (
-    MARGIN_TOLERANCE,
     PromptSource,
     build_pairs,
     outcome_pairs,
+    reaches_reward,
     rft_pairs,
     unpaired_correct,
 )
@@ -69,8 +69,11 @@ def round_pairs(
             dedup_key=dedup_key,
             min_chosen_reward=settings.min_chosen_reward,
         )
-        least = settings.min_chosen_reward - MARGIN_TOLERANCE
-        rows = [t for t, s in zip(candidates, scores, strict=True) if trajectory_reward(s) >= least]
+        rows = [
+            t
+            for t, s in zip(candidates, scores, strict=True)
+            if reaches_reward(trajectory_reward(s), settings.min_chosen_reward)
+        ]
     if settings.add_unpaired_correct:
         pairs += unpaired_correct(rows, pairs, prompt=prompt, dedup_key=dedup_key)
     return pairs
