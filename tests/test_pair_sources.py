@@ -91,3 +91,31 @@ def test_the_oracle_source_needs_a_task_with_an_oracle():
 def test_a_least_reward_outside_zero_to_one_is_refused(least):
     with pytest.raises(ValueError, match=r"model\.init_args\.pairs\.min_chosen_reward"):
         PairSettings(min_chosen_reward=least)
+
+
+def test_rejected_sides_carry_the_oracles_first_error(round_samples):
+    task, samples = round_samples
+    scorer = OracleScorer(task)
+    settings = PairSettings(source="oracle", margin=0.0, max_per_question=2, rejected_from_first_error=True)
+    pairs = round_pairs(settings, samples, lambda: scorer.score(samples), None, task.dedup_key)
+    marked = {_kind(samples, p.question_id, p.rejected): set() for p in pairs}
+    for p in pairs:
+        marked[_kind(samples, p.question_id, p.rejected)].add((p.rejected_first_error, len(p.rejected) - 1))
+    # a flawed answer's first step is wrong (the whole side); a wrong answer's last step (the answer alone)
+    assert {first for first, _ in marked["flawed"]} == {0}
+    assert all(first == last for first, last in marked["wrong"])
+    plain = round_pairs(
+        PairSettings(source="oracle", margin=0.0, max_per_question=2),
+        samples,
+        lambda: scorer.score(samples),
+        None,
+        task.dedup_key,
+    )
+    assert [p.rejected for p in plain] == [p.rejected for p in pairs]
+    assert {p.rejected_first_error for p in plain} == {None}
+
+
+@pytest.mark.parametrize("source", ["outcome", "rft", "gold"])
+def test_a_first_error_needs_step_scores(source):
+    with pytest.raises(ValueError, match=r"model\.init_args\.pairs\.rejected_from_first_error.*" + source):
+        PairSettings(source=source, rejected_from_first_error=True)

@@ -1,10 +1,13 @@
-"""The pair collator: prompt tokens masked, EOS appended, right padding, mixed SFT and ORPO rows."""
+"""The pair collator: prompt tokens masked, EOS appended, right padding, mixed SFT and ORPO rows, a rejected side
+labelled from its first error."""
 
 from __future__ import annotations
 
+import pytest
+
 from sapo.data.pairs import build_pairs, rft_pairs
 from sapo.data.preference import IGNORE_INDEX, PairCollator, PreferencePair
-from sapo.data.trajectory import Trajectory
+from sapo.data.trajectory import Trajectory, TrajectoryFormatError
 
 
 def test_chosen_only_batch_masks_prompt_and_pads(smollm2_tokenizer):
@@ -58,3 +61,44 @@ def test_built_pairs_and_rft_pairs_collate_into_one_batch(smollm2_tokenizer):
     assert batch["has_rejected"].tolist() == [True, False]
     # the SFT row repeats its chosen side on the rejected side, where has_rejected keeps it out of the ratio
     assert batch["rejected_input_ids"][1].tolist() == batch["chosen_input_ids"][1].tolist()
+
+
+def test_a_marked_first_error_labels_the_rejected_side_from_that_step_on(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    collate = PairCollator(tok, "\n", max_length=64)
+    steps = ["7 - 1 = 6", "6 * 2 = 13", "The answer is 13"]
+    marked = PreferencePair("a", "Q: (7-1)*2?\nA:\n", ["The answer is 12"], steps, rejected_first_error=1)
+    whole = PreferencePair("a", "Q: (7-1)*2?\nA:\n", ["The answer is 12"], steps)
+    batch = collate([marked, whole])
+    ids, labels = batch["rejected_input_ids"], batch["rejected_labels"]
+    assert ids[0].tolist() == ids[1].tolist()  # the right step stays in the input as context
+    labelled = [t for t in labels[0].tolist() if t != IGNORE_INDEX]
+    assert tok.decode(labelled[:-1]) == "6 * 2 = 13\nThe answer is 13\n" and labelled[-1] == tok.eos_token_id
+    assert len(labelled) < int((labels[1] != IGNORE_INDEX).sum())
+    assert batch["has_rejected"].tolist() == [True, True]
+    # a first error at step 0 is the whole side
+    at_zero = collate([PreferencePair("a", whole.prompt, whole.chosen, steps, rejected_first_error=0)])
+    assert at_zero["rejected_labels"][0].tolist() == labels[1].tolist()
+
+
+def test_a_first_error_cut_off_by_truncation_leaves_no_rejected_side(smollm2_tokenizer):
+    collate = PairCollator(smollm2_tokenizer, "\n", max_length=12)
+    long_step = "one two three four five six seven eight nine ten eleven twelve"
+    pair = PreferencePair("a", "Q\n", ["x"], [long_step, "The answer is 2"], rejected_first_error=1)
+    batch = collate([pair, PreferencePair("b", "Q\n", ["y"], ["z = 3"])])
+    assert (batch["rejected_labels"][0] == IGNORE_INDEX).all()
+    assert batch["has_rejected"].tolist() == [False, True]  # nothing of the error is left to push down
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"rejected": ["a", "b"], "rejected_first_error": 2}, r"step index of the rejected side \(0 to 1\)"),
+        ({"rejected": ["a"], "rejected_first_error": True}, r"step index"),
+        ({"rejected_first_error": 0}, r"without a rejected side"),
+    ],
+)
+def test_a_bad_first_error_in_a_pairs_file_names_the_line(record, message):
+    data = {"question_id": "q", "prompt": "Q", "chosen": ["c"]} | record
+    with pytest.raises(TrajectoryFormatError, match=rf"pairs\.jsonl, line 3: .*{message}"):
+        PreferencePair.from_dict(data, where="pairs.jsonl, line 3")

@@ -115,6 +115,25 @@ def test_loss_matches_hand_computation_on_collated_pairs(reasoner):
         assert logged[name].item() == pytest.approx(value, rel=1e-5, abs=1e-5), name
 
 
+def test_a_rejected_side_marked_at_its_first_error_is_compared_from_there(reasoner):
+    collate = PairCollator(reasoner.tokenizer, "\n", max_length=64)
+    rejected = ["7 - 1 = 6", "6 * 2 = 13", "The answer is 13"]
+    pairs = [PreferencePair("a", "Q: (7-1)*2?\n", ["7 - 1 = 6", "6 * 2 = 12", "The answer is 12"], rejected)]
+    whole = collate(pairs)
+    pairs[0].rejected_first_error = 1
+    marked = collate(pairs)
+    rejected_whole, rejected_marked = (
+        hand_logps(reasoner, whole, "rejected"),
+        hand_logps(reasoner, marked, "rejected"),
+    )
+    assert rejected_marked != pytest.approx(rejected_whole, rel=1e-3)  # the right first step is left out
+    expected, terms = hand_orpo(hand_logps(reasoner, marked, "chosen"), rejected_marked, [True])
+    with torch.no_grad():
+        loss, logged = reasoner.loss(marked)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert logged["rejected_logp"].item() == pytest.approx(terms["rejected_logp"], rel=1e-5)
+
+
 def test_chosen_only_batch_is_plain_sft(reasoner):
     collate = PairCollator(reasoner.tokenizer, "\n", max_length=64)
     batch = collate(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from sapo.data.preference import PreferencePair
 from sapo.data.reward import trajectory_reward
 from sapo.data.steps import normalised_steps
-from sapo.data.trajectory import Trajectory
+from sapo.data.trajectory import NO_ERROR, Trajectory, first_error_of
 
 __all__ = [
     "build_pairs",
@@ -148,6 +148,7 @@ def build_pairs(
     prompt: PromptSource = None,
     dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
     min_chosen_reward: float = 0.0,
+    mark_first_error: bool = False,
 ) -> list[PreferencePair]:
     """ORPO pairs ``(τ_w, τ_l)`` per question with ``r(τ_w) - r(τ_l) >= margin``, largest margin first.
 
@@ -175,6 +176,10 @@ def build_pairs(
             ``dedup_key``. Default: :func:`~sapo.data.steps.normalised_steps`, the base task's rule.
         min_chosen_reward: the least reward of a chosen side (0: any); a trajectory below it may still be
             a rejected side.
+        mark_first_error: give each pair's rejected side its first step scored under 0.5
+            (:func:`~sapo.data.trajectory.first_error_of`) as ``rejected_first_error``, so that the
+            preference term acts from that step on; a rejected side with no such step has none, and the
+            term sees it whole.
 
     Returns:
         The pairs, question by question in order of first appearance, each with its reward margin.
@@ -197,16 +202,20 @@ def build_pairs(
         )
         return select_pairs(candidates, max_pairs_per_question)
 
-    return _pairs_per_question(trajectories, select, prompt)
+    first_errors = [first_error_of(s) for s in scores] if mark_first_error else None
+    return _pairs_per_question(trajectories, select, prompt, first_errors)
 
 
 def _pairs_per_question(
     trajectories: Sequence[Trajectory],
     select: Callable[[list[int]], list[tuple[float, int, int]]],
     prompt: PromptSource,
+    first_errors: Sequence[int] | None = None,
 ) -> list[PreferencePair]:
     """The pairs ``select`` picks among each question's trajectories (indices into ``trajectories``, as
-    ``(margin, chosen, rejected)``), question by question in order of first appearance."""
+    ``(margin, chosen, rejected)``), question by question in order of first appearance; with
+    ``first_errors`` (one per trajectory, :data:`~sapo.data.trajectory.NO_ERROR` for none), each rejected
+    side's becomes its pair's ``rejected_first_error``."""
     by_question: dict[str, list[int]] = {}
     for index, trajectory in enumerate(trajectories):
         by_question.setdefault(trajectory.question_id, []).append(index)
@@ -217,6 +226,9 @@ def _pairs_per_question(
             chosen=list(trajectories[w].steps),
             rejected=list(trajectories[lose].steps),
             margin=gap,
+            rejected_first_error=(
+                None if first_errors is None or first_errors[lose] == NO_ERROR else first_errors[lose]
+            ),
         )
         for question_id, members in by_question.items()
         for gap, w, lose in select(members)

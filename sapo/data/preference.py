@@ -20,13 +20,19 @@ IGNORE_INDEX = -100
 
 @dataclass
 class PreferencePair:
-    """A prompt with a chosen solution and, optionally, a rejected one (without it the pair is plain SFT)."""
+    """A prompt with a chosen solution and, optionally, a rejected one (without it the pair is plain SFT).
+
+    ``rejected_first_error``, when set, is the index of the rejected side's first wrong step: the preference
+    term then sees the rejected side only from that step on (:class:`PairCollator`), so the right steps
+    before it are not pushed down with the error.
+    """
 
     question_id: str
     prompt: str
     chosen: list[str]
     rejected: list[str] | None = None
     margin: float | None = None
+    rejected_first_error: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,6 +53,22 @@ class PreferencePair:
                     + ([f"unknown field(s) {unknown}"] if unknown else [])
                 )
             )
+        first_error = data.get("rejected_first_error")
+        if first_error is not None:
+            rejected = data.get("rejected")
+            if rejected is None:
+                raise TrajectoryFormatError(
+                    f"{where}: rejected_first_error {first_error!r} without a rejected side"
+                )
+            if (
+                isinstance(first_error, bool)
+                or not isinstance(first_error, int)
+                or not 0 <= first_error < len(rejected)
+            ):
+                raise TrajectoryFormatError(
+                    f"{where}: rejected_first_error must be a step index of the rejected side (0 to "
+                    f"{len(rejected) - 1}), got {first_error!r}"
+                )
         return cls(**data)
 
 
@@ -63,6 +85,11 @@ class PairCollator:
 
     Each side is ``prompt + steps`` (every step followed by the separator) and then the EOS token, so the
     model learns to stop after the answer step. Batches are padded to their longest sequence.
+
+    A pair with ``rejected_first_error = e`` labels its rejected side only from step ``e`` on: the steps
+    before it stay in the input, as context, and carry no loss, so the rejected side's log-probability is
+    ``log P(y_l[e:] | x, y_l[:e])``. Where truncation cut step ``e`` off, nothing of the error is left to
+    push down, and the row counts as having no rejected side (``has_rejected`` False).
     """
 
     def __init__(self, tokenizer: Any, separator: str = DEFAULT_SEPARATOR, max_length: int = 1024) -> None:
@@ -74,13 +101,22 @@ class PairCollator:
         self.separator = separator
         self.max_length = max_length
 
-    def encode(self, prompt: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
-        """Token ids and labels of one side; the EOS is dropped when the text fills ``max_length``."""
+    def encode(self, prompt: str, steps: Sequence[str], from_step: int = 0) -> tuple[list[int], list[int]]:
+        """Token ids and labels of one side; the EOS is dropped when the text fills ``max_length``.
+
+        Tokens before step ``from_step`` get ``IGNORE_INDEX`` labels; they all do when truncation cut off
+        a step before ``from_step``, whose tokens are then not all in the text."""
         enc = encode_steps(self.tokenizer, prompt, steps, self.separator, max_length=self.max_length)
         ids = list(enc.input_ids)
         if len(ids) < self.max_length and self.tokenizer.eos_token_id is not None:
             ids.append(self.tokenizer.eos_token_id)
-        labels = [IGNORE_INDEX] * enc.prompt_length + ids[enc.prompt_length :]
+        start = enc.prompt_length
+        if from_step > 0:
+            if any(j < from_step for j in enc.truncated):
+                start = len(ids)
+            else:  # after the last token of the last step before from_step that owns one
+                start = max((p + 1 for p in enc.positions[:from_step] if p is not None), default=start)
+        labels = [IGNORE_INDEX] * start + ids[start:]
         return ids, labels
 
     def pad(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
@@ -98,12 +134,18 @@ class PairCollator:
         batch = {
             f"chosen_{k}": v for k, v in self.pad([self.encode(p.prompt, p.chosen) for p in pairs]).items()
         }
-        has_rejected = [p.rejected is not None for p in pairs]
-        if any(has_rejected):
+        if any(p.rejected is not None for p in pairs):
             # Rows without a rejected side repeat their chosen side; ``has_rejected`` keeps them out of the
             # odds-ratio term, so they are trained with the NLL only.
             rejected = [
-                self.encode(p.prompt, p.rejected if p.rejected is not None else p.chosen) for p in pairs
+                self.encode(p.prompt, p.rejected, p.rejected_first_error or 0)
+                if p.rejected is not None
+                else self.encode(p.prompt, p.chosen)
+                for p in pairs
+            ]
+            has_rejected = [
+                p.rejected is not None and any(label != IGNORE_INDEX for label in labels)
+                for p, (_, labels) in zip(pairs, rejected, strict=True)
             ]
             batch.update({f"rejected_{k}": v for k, v in self.pad(rejected).items()})
             batch["has_rejected"] = torch.tensor(has_rejected)

@@ -410,6 +410,7 @@ class SelfEvolution:
                 "pairs": len(pairs),
                 "questions_with_pairs": len({p.question_id for p in pairs}),
                 "with_rejected": sum(p.rejected is not None for p in pairs),
+                "rejected_after_right_steps": sum(bool(p.rejected_first_error) for p in pairs),
                 "mean_margin": sum(margins) / max(1, len(margins)),
             }
 

@@ -46,7 +46,8 @@ def round_pairs(
     - ``rft``: one SFT row per distinct right sample (:func:`~sapo.data.pairs.rft_pairs`);
     - ``outcome``: a right answer over a wrong one (:func:`~sapo.data.pairs.outcome_pairs`), no scores;
     - ``verifier`` or ``oracle``: :func:`~sapo.data.pairs.build_pairs` on ``step_scores()``, one list of
-      step scores per candidate (the verifier's, or the task's exact oracle's), called only here.
+      step scores per candidate (the verifier's, or the task's exact oracle's), called only here; with
+      ``rejected_from_first_error``, each rejected side carries its first step scored under 0.5.
 
     With ``add_unpaired_correct`` (``outcome``, ``verifier``, ``oracle``), the distinct right samples no pair
     chose join as SFT rows, less those whose reward is under ``min_chosen_reward``: a sample the scores
@@ -68,6 +69,7 @@ def round_pairs(
             prompt=prompt,
             dedup_key=dedup_key,
             min_chosen_reward=settings.min_chosen_reward,
+            mark_first_error=settings.rejected_from_first_error,
         )
         rows = [
             t

@@ -209,6 +209,12 @@ class PairSettings:
     0: every right sample (the paper). 1 with ``source: oracle`` keeps only right answers whose every step
     is right: on arithmetic 7-17% of the right samples reach the answer through a wrong step (2026-12-05),
     and RFT trains on them."""
+    rejected_from_first_error: bool = False
+    """With ``source: verifier`` or ``oracle``: the preference term sees each rejected side only from its
+    first step scored under 0.5 on (the steps before it stay as context without loss), so ORPO's odds ratio
+    pushes down the error and what follows it, not the right steps that lead to it; a rejected side with no
+    such step is seen whole. Off (the paper): the whole rejected side. On arithmetic (2026-12-05) 144 of 224
+    oracle-ranked rejected sides began with right steps, and a quarter of their steps were right."""
     add_unpaired_correct: bool = False
     """With ``source: verifier``, ``oracle`` or ``outcome``: every distinct correct sample that is not the
     chosen side of a pair joins the round as an SFT row (its loss the NLL alone), so the method trains on
@@ -225,6 +231,11 @@ class PairSettings:
                 f"{FLAG}.pairs.margin must be in [0, 1] (a difference of mean step scores), got {self.margin}"
             )
         _at_least("pairs", 1, max_per_question=self.max_per_question)
+        if self.rejected_from_first_error and self.source not in ("verifier", "oracle"):
+            raise ValueError(
+                f"{FLAG}.pairs.rejected_from_first_error needs step scores to find the first error, and "
+                f"pairs.source {self.source!r} has none; use 'verifier' or 'oracle'"
+            )
         if not 0 <= self.min_chosen_reward <= 1:
             raise ValueError(
                 f"{FLAG}.pairs.min_chosen_reward must be in [0, 1] (a mean step score), got {self.min_chosen_reward}"

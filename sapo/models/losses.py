@@ -201,6 +201,11 @@ def orpo_loss(
     ``log(1 - P)`` from :func:`log1mexp`; ``NLL(y_w) = -mean over the batch of log P(y_w)``. Rows where
     ``has_rejected`` is False contribute to the NLL only (plain SFT). Returns the loss and the terms worth
     logging.
+
+    ``log P(y_l)`` averages over whichever of the rejected side's tokens carry labels: the whole completion,
+    or, for a pair that marks the rejected side's first wrong step ``e``, its tokens from step ``e`` on
+    (:class:`~sapo.data.preference.PairCollator`), which makes the term
+    ``log sigmoid(log odds(y_w | x) - log odds(y_l[e:] | x, y_l[:e]))``.
     """
     if has_rejected is None:
         has_rejected = torch.ones_like(chosen_logp, dtype=torch.bool)
