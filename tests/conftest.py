@@ -73,9 +73,19 @@ def pytest_configure(config):
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Keep each test file on one xdist worker (its module fixtures are built once), except tests marked
-    ``spread``, whose cases go to any free worker; those (whole recipe runs) go first, so that the longest
-    work does not start last."""
-    items.sort(key=lambda item: item.get_closest_marker("spread") is None)  # stable: otherwise in order
+    ``spread``, whose cases go to any free worker. The longest work goes first, so that it does not start
+    last and leave one worker alone at the end: the files of ``slow`` tests (whole loops), the files with
+    most of them first, then the ``spread`` tests, then the rest, each file in its own order (xdist keeps
+    this order with ``--no-loadscope-reorder``)."""
+    slow = Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
+
+    def rank(item) -> tuple[int, int]:
+        if item.get_closest_marker("spread") is not None:
+            return (1, 0)
+        weight = slow[item.module.__name__]
+        return (0, -weight) if weight else (2, 0)
+
+    items.sort(key=rank)  # stable: otherwise in order
     for item in items:
         if item.get_closest_marker("spread") is None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
