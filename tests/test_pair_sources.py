@@ -119,3 +119,21 @@ def test_rejected_sides_carry_the_oracles_first_error(round_samples):
 def test_a_first_error_needs_step_scores(source):
     with pytest.raises(ValueError, match=r"model\.init_args\.pairs\.rejected_from_first_error.*" + source):
         PairSettings(source=source, rejected_from_first_error=True)
+
+
+def test_the_first_error_is_the_first_step_under_the_threshold():
+    task = ArithmeticTask(num_questions=1, seed=4, min_steps=3, max_steps=3)
+    question = task.load()[0]
+    steps = task.split_steps(question.solution)
+    right = task.trajectory(question, task.completion_text(steps))
+    wrong = task.trajectory(
+        question, task.completion_text([*steps[:-1], f"The answer is {int(question.answer) + 1}."])
+    )
+    scores = [[0.95] * right.num_steps, [0.8, 0.4] + [0.1] * (wrong.num_steps - 2)]
+    settings = PairSettings(margin=0.0, max_per_question=1, rejected_from_first_error=True)
+
+    def first_error(threshold: float) -> int | None:
+        (pair,) = round_pairs(settings, [right, wrong], lambda: scores, None, task.dedup_key, threshold)
+        return pair.rejected_first_error
+
+    assert [first_error(t) for t in (0.5, 0.3, 0.9, 0.05)] == [1, 2, 0, None]  # 0.05: no step under it

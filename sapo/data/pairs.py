@@ -148,7 +148,7 @@ def build_pairs(
     prompt: PromptSource = None,
     dedup_key: Callable[[Trajectory], Hashable] = normalised_steps,
     min_chosen_reward: float = 0.0,
-    mark_first_error: bool = False,
+    first_error_below: float | None = None,
 ) -> list[PreferencePair]:
     """ORPO pairs ``(τ_w, τ_l)`` per question with ``r(τ_w) - r(τ_l) >= margin``, largest margin first.
 
@@ -176,10 +176,10 @@ def build_pairs(
             ``dedup_key``. Default: :func:`~sapo.data.steps.normalised_steps`, the base task's rule.
         min_chosen_reward: the least reward of a chosen side (0: any); a trajectory below it may still be
             a rejected side.
-        mark_first_error: give each pair's rejected side its first step scored under 0.5
+        first_error_below: τ; when given, each pair's rejected side gets its first step scored under it
             (:func:`~sapo.data.trajectory.first_error_of`) as ``rejected_first_error``, so that the
             preference term acts from that step on; a rejected side with no such step has none, and the
-            term sees it whole.
+            term sees it whole. ``None``: no pair marks a first error.
 
     Returns:
         The pairs, question by question in order of first appearance, each with its reward margin.
@@ -202,7 +202,9 @@ def build_pairs(
         )
         return select_pairs(candidates, max_pairs_per_question)
 
-    first_errors = [first_error_of(s) for s in scores] if mark_first_error else None
+    first_errors = (
+        None if first_error_below is None else [first_error_of(s, first_error_below) for s in scores]
+    )
     return _pairs_per_question(trajectories, select, prompt, first_errors)
 
 

@@ -403,7 +403,7 @@ class SelfEvolution:
                 pairs = gold_pairs(self.data.task, prompts.tokenizer, self.data.gold_questions)
             else:  # only the ranked sources call for the step scores
                 scores = partial(self._pair_scores, t, verifier, candidates)
-                pairs = round_pairs(self.pairs, candidates, scores, prompts, dedup)
+                pairs = round_pairs(self.pairs, candidates, scores, prompts, dedup, self.verifier.threshold)
             write_jsonl(pairs, path)
             margins = [p.margin for p in pairs if p.margin is not None]
             return {

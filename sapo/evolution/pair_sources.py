@@ -40,6 +40,7 @@ def round_pairs(
     step_scores: Callable[[], list[list[float]]],
     prompt: PromptSource,
     dedup_key: Callable[[Trajectory], Hashable],
+    threshold: float = 0.5,
 ) -> list[PreferencePair]:
     """P_t from the round's ``candidates`` (trajectories with steps and an outcome) for ``settings.source``:
 
@@ -47,7 +48,8 @@ def round_pairs(
     - ``outcome``: a right answer over a wrong one (:func:`~sapo.data.pairs.outcome_pairs`), no scores;
     - ``verifier`` or ``oracle``: :func:`~sapo.data.pairs.build_pairs` on ``step_scores()``, one list of
       step scores per candidate (the verifier's, or the task's exact oracle's), called only here; with
-      ``rejected_from_first_error``, each rejected side carries its first step scored under 0.5.
+      ``rejected_from_first_error``, each rejected side carries its first step scored under ``threshold``
+      (the run's ``verifier.threshold``, τ).
 
     With ``add_unpaired_correct`` (``outcome``, ``verifier``, ``oracle``), the distinct right samples no pair
     chose join as SFT rows, less those whose reward is under ``min_chosen_reward``: a sample the scores
@@ -69,7 +71,7 @@ def round_pairs(
             prompt=prompt,
             dedup_key=dedup_key,
             min_chosen_reward=settings.min_chosen_reward,
-            mark_first_error=settings.rejected_from_first_error,
+            first_error_below=threshold if settings.rejected_from_first_error else None,
         )
         rows = [
             t

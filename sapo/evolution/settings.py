@@ -211,10 +211,11 @@ class PairSettings:
     and RFT trains on them."""
     rejected_from_first_error: bool = False
     """With ``source: verifier`` or ``oracle``: the preference term sees each rejected side only from its
-    first step scored under 0.5 on (the steps before it stay as context without loss), so ORPO's odds ratio
-    pushes down the error and what follows it, not the right steps that lead to it; a rejected side with no
-    such step is seen whole. Off (the paper): the whole rejected side. On arithmetic (2026-12-05) 144 of 224
-    oracle-ranked rejected sides began with right steps, and a quarter of their steps were right."""
+    first step scored under ``verifier.threshold`` (τ) on (the steps before it stay as context without
+    loss), so ORPO's odds ratio pushes down the error and what follows it, not the right steps that lead to
+    it; a rejected side with no such step is seen whole. Off (the paper): the whole rejected side. On
+    arithmetic (2026-12-05) 144 of 224 oracle-ranked rejected sides began with right steps, and a quarter of
+    their steps were right."""
     add_unpaired_correct: bool = False
     """With ``source: verifier``, ``oracle`` or ``outcome``: every distinct correct sample that is not the
     chosen side of a pair joins the round as an SFT row (its loss the NLL alone), so the method trains on
