@@ -95,6 +95,26 @@ def test_a_branch_refuses_settings_that_a_copied_phase_depends_on(tmp_path):
         branch.copy_phases(source.path, ["sft"], ["sft"])
 
 
+def test_a_branch_of_a_run_recorded_before_a_setting_existed_takes_the_setting_at_its_default(tmp_path):
+    source = _source_run(tmp_path / "source")  # its record has no sampling.min_p, which samples_0 depends on
+    defaults = {"model": {"init_args": {"sampling": {"temperature": 1.0, "min_p": 0.0}}}}
+
+    def branch_settings(min_p: float) -> dict:
+        config = _settings()
+        config["model"]["init_args"]["sampling"]["min_p"] = min_p
+        return config
+
+    other = branch_settings(min_p=0.1)
+    branch = RunDirectory(tmp_path / "branch", other)
+    with pytest.raises(RunMismatchError, match=r"at: model\.init_args\.sampling\.min_p; branch"):
+        begin_branch(branch, source.path, "samples_0", other, defaults=defaults)
+    at_default = branch_settings(min_p=0.0)
+    with pytest.raises(RunMismatchError, match=r"sampling\.min_p"):  # a null is the only default known
+        begin_branch(branch, source.path, "samples_0", at_default)
+    assert branch.finished == []
+    assert begin_branch(branch, source.path, "samples_0", at_default, defaults=defaults) == ["sft", "samples_0"]
+
+
 def test_a_branch_may_ask_for_other_heldout_questions_unless_it_copies_an_evaluation(tmp_path):
     source = _source_run(tmp_path / "source")
     more = _settings()

@@ -368,3 +368,24 @@ def test_a_constructors_message_gets_a_key_only_when_one_component_matches():
     both = [*initial, "--model.init_args.labelling.initial_strategy.init_args.k", "-2"]
     both += ["--model.init_args.labelling.strategy.init_args.k", "-2"]
     assert message(*both) == "k must be at least 1, got -2"  # two identical components: no key is sure
+
+
+def _leaves(tree, where: str = ""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{where}.{key}" if where else key)
+    else:
+        yield where, tree
+
+
+def test_the_library_defaults_are_what_sapo_fit_records_for_an_unset_setting(capsys):
+    # a run recorded before a setting existed resumes when the setting is at the value these defaults give
+    from sapo.evolution import SAPSDataModule, SelfEvolution
+    from sapo.evolution.run_directory import library_defaults
+
+    code, out, err = _sapo(capsys, "fit", "--print_config")
+    assert code == 0, err
+    printed = dict(_leaves({key: yaml.safe_load(out)[key] for key in ("model", "data")}))
+    defaults = dict(_leaves(library_defaults(model=SelfEvolution, data=SAPSDataModule)))
+    assert len(defaults) > 60 and "model.init_args.pairs.rejected_from_first_error" in defaults
+    assert defaults == {key: printed.get(key, "not printed") for key in defaults}

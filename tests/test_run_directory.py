@@ -75,6 +75,51 @@ def test_a_setting_added_since_at_its_null_default_keeps_the_chunks(tmp_path):
     )
 
 
+def test_a_setting_added_since_at_its_default_resumes_and_any_other_value_is_refused(tmp_path):
+    # a run recorded before the library had pairs.first_error (default False) and the group orpo
+    run = RunDirectory(tmp_path, settings())
+    run.finish("sft", reasoner="x")
+    ChunkedJsonl(run, "samples_0", "samples_0").write(0, [_trajectory("made")])
+    defaults = {
+        "model": {"init_args": {"pairs": {"margin": 0.3, "first_error": False}, "orpo": {"weight": 0.1}}}
+    }
+
+    def newer(first_error: bool = False, weight: float = 0.1) -> dict:
+        config = settings()
+        config["model"]["init_args"]["pairs"]["first_error"] = first_error
+        config["model"]["init_args"]["orpo"] = {"weight": weight}
+        return config
+
+    resumed = RunDirectory(tmp_path, newer(), defaults=defaults)
+    assert resumed.done("sft") and resumed.fingerprint == run.fingerprint
+    assert ChunkedJsonl(resumed, "samples_0", "samples_0").read(0)[0].question_id == "made"
+    assert resumed.manifest["settings"] == newer()  # recorded from now on
+    # the same stored run, tried with values the old run cannot have had
+    (tmp_path / "manifest.json").write_text(json.dumps({**run.manifest, "settings": settings()}))
+    with pytest.raises(RunMismatchError, match=r"differ at: model\.init_args\.pairs\.first_error\)"):
+        RunDirectory(tmp_path, newer(first_error=True), defaults=defaults)
+    with pytest.raises(RunMismatchError, match=r"differ at: model\.init_args\.orpo\.weight\)"):
+        RunDirectory(tmp_path, newer(weight=0.5), defaults=defaults)
+    with pytest.raises(RunMismatchError, match=r"model\.init_args\.pairs\.first_error"):
+        RunDirectory(tmp_path, newer())  # without the defaults only a null is known to be a default
+    # a setting the stored run had is compared as it is, whatever the library's default
+    changed = settings(margin=0.5)
+    with pytest.raises(RunMismatchError, match=r"model\.init_args\.pairs\.margin"):
+        RunDirectory(tmp_path, changed, defaults=defaults)
+
+
+def test_library_defaults_are_the_constructors_defaults_as_plain_data():
+    from sapo.evolution import SAPSDataModule, SelfEvolution
+    from sapo.evolution.run_directory import library_defaults
+
+    tree = library_defaults(model=SelfEvolution, data=SAPSDataModule)
+    model = tree["model"]["init_args"]
+    assert model["iterations"] == 3 and model["branch_from"] is None
+    assert model["pairs"]["rejected_from_first_error"] is False and model["pairs"]["margin"] == 0.3
+    assert "reasoner" not in model  # no default: a recipe must give it
+    json.dumps(tree)  # plain data, as the manifest stores it
+
+
 def test_a_damaged_manifest_is_named(tmp_path):
     (tmp_path / "manifest.json").write_text('{"phases": ')
     with pytest.raises(RunMismatchError, match="manifest.json is not valid JSON"):

@@ -98,11 +98,14 @@ def begin_branch(
     after: str,
     settings: dict[str, Any] | None,
     ranks: Ranks = ONE_PROCESS,
+    defaults: dict[str, Any] | None = None,
 ) -> list[str]:
     """Copy the finished phases of the run in ``source``, through ``after``, into the empty ``run``; returns
     the phases copied. ``settings`` are the branch's (the source's are in its manifest): where both are
-    known, a difference at a key that a copied phase depends on is refused, naming the keys. With several
-    processes rank 0 copies and the others read the manifest once it has."""
+    known, a difference at a key that a copied phase depends on is refused, naming the keys; a setting the
+    source's record lacks is no difference at its default in ``defaults``
+    (:func:`~sapo.evolution.run_directory.setting_differences`). With several processes rank 0 copies and
+    the others read the manifest once it has."""
     manifest = read_manifest(source)
     finished = list(manifest["phases"])
     if after not in finished:
@@ -114,7 +117,7 @@ def begin_branch(
     if settings is not None and manifest.get("settings") is not None:
         changed = sorted(
             key
-            for key in setting_differences(manifest["settings"], settings)
+            for key in setting_differences(manifest["settings"], settings, defaults)
             if key not in ADJUSTABLE and _depends(key, phases)
         )
         if changed:

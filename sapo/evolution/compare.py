@@ -176,7 +176,8 @@ def _plot(results: Sequence[ArmResult], path: Path, reference: str) -> None:
     if anchor is not None:
         ax.axvline(anchor, color="grey", linestyle="--", linewidth=1, label=reference)
         ax.legend(loc="lower right", fontsize=7)
-    ax.set_xlabel(f"held-out accuracy, % (bars: 95% interval of the paired difference from {reference})")
+    # two lines: one is wider than the figure and was cut at its right edge
+    ax.set_xlabel(f"held-out accuracy, %\n(bars: 95% interval of the paired difference from {reference})")
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

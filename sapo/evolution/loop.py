@@ -58,7 +58,13 @@ from sapo.evolution.distributed import Ranks, device_for_rank, launch, torch_thr
 from sapo.evolution.memory import PhaseMemory, release_memory
 from sapo.evolution.pair_sources import check_pair_source, round_pairs
 from sapo.evolution.report import publish_iteration, write_report
-from sapo.evolution.run_directory import ChunkedJsonl, RunDirectory, round_cost, setting_differences
+from sapo.evolution.run_directory import (
+    ChunkedJsonl,
+    RunDirectory,
+    library_defaults,
+    round_cost,
+    setting_differences,
+)
 from sapo.evolution.settings import (
     FLAG,
     EvaluationSettings,
@@ -187,11 +193,10 @@ class SelfEvolution:
         torch_threads_for_rank(ranks)
         if device_for_rank(trainer):  # each process samples and scores on its own GPU
             self.reasoner_spec = replace(self.reasoner_spec, device=device_for_rank(trainer))
-        self.run = RunDirectory(
-            self.run_dir, settings, extendable=EXTENDABLE, adjustable=RERUN_ADJUSTABLE, rank=ranks.rank
-        )
+        defaults = library_defaults(model=type(self), data=type(data))  # of settings added since a run
+        self.run = RunDirectory(self.run_dir, settings, EXTENDABLE, RERUN_ADJUSTABLE, ranks.rank, defaults)
         if self.branch_from is not None and not self.run.finished:
-            begin_branch(self.run, Path(self.branch_from), self.branch_after, settings, ranks)
+            begin_branch(self.run, Path(self.branch_from), self.branch_after, settings, ranks, defaults)
         done = self.run.finished
         if done and ranks.writer:
             print(f"[sapo] resuming {self.run_dir}: {len(done)} phases finished ({done[-1]} last)")
@@ -448,13 +453,8 @@ class SelfEvolution:
                 init, self.orpo.learning_rate, self.orpo.warmup_ratio, self.orpo.loss
             )
             replayed = self.data.replayed_gold(pairs, module.tokenizer) if self.orpo.replay_gold else []
-            self._fit(
-                name,
-                module,
-                self.data.pair_data(pairs + replayed, module.tokenizer),
-                self.orpo.epochs,
-                max_steps=self.orpo.max_steps,
-            )
+            rows = self.data.pair_data(pairs + replayed, module.tokenizer)
+            self._fit(name, module, rows, self.orpo.epochs, max_steps=self.orpo.max_steps)
             self._save(module, folder)
             return {"reasoner": str(folder), "pairs": len(pairs), "replayed_gold": len(replayed)}
 

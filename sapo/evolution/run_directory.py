@@ -9,7 +9,9 @@ flushed: it is how one sees (and the tests check) that nothing finished was done
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -70,6 +72,10 @@ class RunDirectory:
         rank: this process's rank in a launch of several (:class:`~sapo.evolution.distributed.Ranks`). Only
             rank 0 writes the manifest; every rank appends to its own event log (``events.jsonl`` for rank 0,
             ``events.rank<r>.jsonl`` for the others), so that each file has one writer.
+        defaults: the library's defaults, in the shape of ``settings`` (:func:`library_defaults`). A setting
+            that a stored run's record lacks was added to the library after that run, which was made with the
+            behaviour its default keeps: a rerun that holds it at that default resumes (any other value is a
+            mismatch). Without ``defaults`` only a setting added at a null default resumes.
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class RunDirectory:
         extendable: Sequence[str] = (),
         adjustable: Sequence[str] = (),
         rank: int = 0,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.rank = rank
@@ -92,7 +99,7 @@ class RunDirectory:
         resumed = stored is not None and bool(self.manifest["phases"])
         if settings is not None:
             if resumed:
-                changed = sorted(setting_differences(stored, settings))
+                changed = sorted(setting_differences(stored, settings, defaults))
                 refused = [
                     key
                     for key in changed
@@ -109,7 +116,7 @@ class RunDirectory:
         #: keys. A resumed run keeps the one its chunks were made under (kept in the manifest; for a manifest
         #: written before it was kept, the hash of the stored settings): the settings it accepted differ from
         #: those only where nothing made depends on them, which includes a setting added to the library since,
-        #: at its null default; a new hash would take every finished chunk for another run's.
+        #: at its default; a new hash would take every finished chunk for another run's.
         if not resumed or "fingerprint" not in self.manifest:
             basis = stored if resumed else self.manifest.get("settings")
             self.manifest["fingerprint"] = _fingerprint(basis, (*extendable, *adjustable))
@@ -344,13 +351,65 @@ def _fingerprint(settings: Any, left_out: Sequence[str]) -> str:
     return hashlib.sha256(_canonical(data).encode()).hexdigest()[:16]
 
 
-def setting_differences(a: Any, b: Any, where: str = "") -> Iterable[str]:
-    """The dotted keys where two settings trees differ."""
+#: a key one settings tree has and the other lacks (unlike a key held at null)
+_ABSENT = object()
+
+
+def setting_differences(a: Any, b: Any, defaults: Any = None) -> Iterable[str]:
+    """The dotted keys where two settings trees differ; a key missing from one side counts as null.
+
+    With ``defaults`` (the library's defaults, shaped like the trees), a key missing from ``a`` (a stored
+    run's settings) is no difference where ``b`` holds it at its default: the library gained the setting
+    after ``a`` was recorded, and ``a``'s run behaved as that default does.
+    """
+    return _differences(a, b, _ABSENT if defaults is None else defaults, "")
+
+
+def _differences(a: Any, b: Any, default: Any, where: str) -> Iterable[str]:
+    if a is _ABSENT and default is not _ABSENT and _canonical(b) == _canonical(default):
+        return
+    if a is _ABSENT and isinstance(b, dict):  # a group added since: each of its settings on its own
+        a = {}
+    a, b = (None if side is _ABSENT else side for side in (a, b))
     if isinstance(a, dict) and isinstance(b, dict):
         for key in set(a) | set(b):
-            yield from setting_differences(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            inner = default.get(key, _ABSENT) if isinstance(default, dict) else _ABSENT
+            yield from _differences(
+                a.get(key, _ABSENT), b.get(key, _ABSENT), inner, f"{where}.{key}" if where else str(key)
+            )
     elif _canonical(a) != _canonical(b):
         yield where or "(root)"
+
+
+def library_defaults(**components: type) -> dict[str, Any]:
+    """The defaults of each component's constructor as plain data, shaped as ``sapo fit`` records the
+    settings (``{"model": {"init_args": ...}, "data": {"init_args": ...}}`` for ``model=..., data=...``): a
+    settings dataclass as a dict of its fields. An argument without a default is left out, and so is a default
+    with no plain form (a component object, such as a supervision strategy): a rerun compares those as
+    recorded."""
+    tree: dict[str, Any] = {}
+    for component, cls in components.items():
+        defaults = tree.setdefault(component, {}).setdefault("init_args", {})
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if name == "self" or parameter.default is inspect.Parameter.empty:
+                continue
+            value = parameter.default
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = dataclasses.asdict(value)
+            if (plain := _plain_data(value)) is not _ABSENT:
+                defaults[name] = plain
+    return tree
+
+
+def _plain_data(value: Any) -> Any:
+    """``value`` as JSON data, without the parts that have none (:data:`_ABSENT` if it has none at all)."""
+    if isinstance(value, dict):
+        items = ((str(key), _plain_data(inner)) for key, inner in value.items())
+        return {key: inner for key, inner in items if inner is not _ABSENT}
+    if isinstance(value, (list, tuple)):
+        items = [_plain_data(inner) for inner in value]
+        return _ABSENT if _ABSENT in items else items
+    return value if value is None or isinstance(value, (str, int, float, bool)) else _ABSENT
 
 
 #: (phase, key of its cost record) of what a round spends on supervision: SAPO's labels, and SPHERE's
