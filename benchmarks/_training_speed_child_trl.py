@@ -56,8 +56,7 @@ def trl_classes(kind: str):
 def training_arguments(config: dict[str, Any], config_class) -> dict[str, Any]:
     """TRL's settings, aligned with the sapo child's Lightning run.
 
-    Where TRL's defaults differ: ``optim`` (transformers picks fused AdamW on torch >= 2.8; sapo steps plain
-    ``torch.optim.AdamW``), ``bf16`` (TRL turns it on when ``fp16`` is off), ``weight_decay`` (0 on both sides;
+    Where TRL's defaults differ: ``bf16`` (TRL turns it on when ``fp16`` is off), ``weight_decay`` (0 on both sides;
     TRL would also skip biases and norms), warm-up (none: TRL's linear schedule then equals sapo's
     ``warmup_ratio=0``), the sampler (random in TRL), logging (every 10 steps in TRL), saving (every 500 steps),
     ``report_to``, worker processes and pinned memory, the checkpointing mode (non-reentrant, as sapo's) and
@@ -75,7 +74,7 @@ def training_arguments(config: dict[str, Any], config_class) -> dict[str, Any]:
         "learning_rate": config["learning_rate"],
         "lr_scheduler_type": "linear",
         "warmup_steps": 0,
-        "optim": "adamw_torch",
+        "optim": "adamw_torch_fused",  # transformers' own default on torch >= 2.8, and sapo's (schedule.adamw)
         "weight_decay": config["weight_decay"],
         "adam_beta1": 0.9,
         "adam_beta2": 0.999,

@@ -9,8 +9,8 @@ Two pairs, each trained for the same number of optimizer steps from the same sta
 The model is the packaged SmolLM2-135M-Instruct as sapo converts and caches it (the driver resolves the
 checkpoint folder with sapo's code and every child loads that folder), fully fine-tuned: float32 weights, bf16
 autocast (``--precision 32`` for CPUs without native bf16), gradient checkpointing on both sides (off with
-``--no-gradient-checkpointing``), AdamW (``torch.optim.AdamW`` on both sides) with the same peak learning rate,
-no warm-up and a linear decay to 0, no weight decay, the same gradient clipping, batch size, number of steps and
+``--no-gradient-checkpointing``), AdamW (``torch.optim.AdamW``'s fused kernel on both sides) with the same peak
+learning rate, no warm-up and a linear decay to 0, no weight decay, the same gradient clipping, batch size, number of steps and
 maximum length, gradient accumulation 1, no evaluation, no checkpoints, logging off. sapo's trainers hand the
 heap a step freed back after each step, and drop its gradients right after the optimizer step, as the loop's
 phases do (``sapo.callbacks.ReleaseFreedHeap``; off with ``--no-release-heap``, gradients kept until the next

@@ -13,7 +13,11 @@ from transformers import AutoModelForTokenClassification
 from sapo.data.prm import PRMDataModule
 from sapo.data.trajectory import Trajectory, write_jsonl
 from sapo.models import TINY_RANDOM, BackboneSpec, LoraSettings
-from sapo.models.schedule import linear_warmup_decay, linear_warmup_decay_scheduler
+from sapo.models.schedule import (
+    adamw_with_linear_warmup_decay,
+    linear_warmup_decay,
+    linear_warmup_decay_scheduler,
+)
 from sapo.models.verifier import PRMVerifier, fill_unplaced_scores, gather_steps, step_loss
 from sapo.models.verifier_metrics import (
     FirstErrorAccuracy,
@@ -379,6 +383,52 @@ def test_a_short_schedule_with_a_warmup_ratio_still_warms_up_one_step(ratio, fir
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx(first_rates)
+
+
+class _Line(L.LightningModule):
+    """A least-squares line trained by Lightning with the loop's optimizer rule."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer, self.fused = torch.nn.Linear(4, 1), fused
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y) * 100  # large gradients: clipping acts
+
+    def configure_optimizers(self):
+        if self.fused:
+            return adamw_with_linear_warmup_decay(self.parameters(), 0.1, 0.01, 0.0, 4)["optimizer"]
+        return torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=0.01, foreach=True)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_the_fused_adamw_takes_clipped_gradients_and_steps_as_torchs_default(precision):
+    # Lightning's mixed precision refuses to clip for an optimizer that unscales inside its own step, which a
+    # fused AdamW offers to do; sapo's declines, so the recipes' clipping works, and the update is AdamW's
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True) * 3), batch_size=4
+    )
+    weights = []
+    for fused in (True, False):
+        module = _Line(fused)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            precision=precision,
+            gradient_clip_val=0.5,
+            max_steps=4,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(module, data)
+        weights.append(module.layer.weight.detach().clone())
+        assert bool(trainer.optimizers[0].defaults["fused"]) is fused
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(weights[0], _Line(True).layer.weight)  # it trained
 
 
 # ------------------------------------------------------------------------------------------------ metrics
