@@ -13,7 +13,7 @@ from conftest import benchmark_script, loop_env
 
 from sapo.eval.reasoner import paired_difference
 from sapo.evolution.branch import begin_branch, phase_paths, phase_settings
-from sapo.evolution.compare import Arm, compare_arms, heldout_outcomes
+from sapo.evolution.compare import Arm, compare_arms, heldout_outcomes, write_comparison
 from sapo.evolution.run_directory import RunDirectory, RunMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,10 @@ def test_a_branch_of_a_run_recorded_before_a_setting_existed_takes_the_setting_a
     with pytest.raises(RunMismatchError, match=r"sampling\.min_p"):  # a null is the only default known
         begin_branch(branch, source.path, "samples_0", at_default)
     assert branch.finished == []
-    assert begin_branch(branch, source.path, "samples_0", at_default, defaults=defaults) == ["sft", "samples_0"]
+    assert begin_branch(branch, source.path, "samples_0", at_default, defaults=defaults) == [
+        "sft",
+        "samples_0",
+    ]
 
 
 def test_a_branch_may_ask_for_other_heldout_questions_unless_it_copies_an_evaluation(tmp_path):
@@ -185,6 +188,29 @@ def test_compare_arms_sets_each_round_beside_the_methods_round_of_the_same_numbe
     assert by_name["B 2"].vs_method[0] == pytest.approx(-0.25)  # and its round 2 one below SAPO's round 2
     assert by_name["SAPO 1"].vs_method is None and by_name["SAPO 2"].vs_method is None
     assert by_name["C 3"].vs_method is None and by_name["C 3"].vs_reference[0] == pytest.approx(1.0)
+
+
+def test_the_comparison_table_has_a_method_column_only_with_a_method(tmp_path):
+    _answers(tmp_path / "a" / "heldout_0.jsonl", [True, False, False, False])
+    _answers(tmp_path / "a" / "heldout_1.jsonl", [True, True, True, False])
+    sft, first = Arm("SFT", tmp_path / "a", 0), Arm("SAPO 1", tmp_path / "a", 1)
+
+    def table(method, out):
+        rows = compare_arms([sft, first], reference=sft, method=method)
+        lines = write_comparison(rows, tmp_path / out, "SFT", method and "SAPO").read_text().splitlines()
+        return [line for line in lines if line.startswith("|")], "\n".join(lines)
+
+    rows, text = table(None, "alone")
+    assert rows[0].split("|")[1:-1] == [
+        " row ", " run, iteration ", " held-out ", " vs SFT ", " labels ", " completions ",
+        " generated tokens ", " seconds ",
+    ]  # fmt: skip
+    assert all(r.count("|") == rows[0].count("|") for r in rows)  # every row has the header's columns
+    assert '"vs SFT" is the paired difference' in text and "vs SAPO" not in text
+    assert rows[3].split("|")[4].startswith(" +50.0 ± ")  # SAPO 1 against SFT, in its own column
+    rows, text = table(first, "beside")
+    assert " vs SAPO " in rows[0].split("|") and all(r.count("|") == 10 for r in rows)
+    assert '"vs SFT" and "vs SAPO" are paired differences' in text
 
 
 def test_heldout_outcomes_names_the_file_and_line_of_a_damaged_answer(tmp_path):
