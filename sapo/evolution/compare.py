@@ -118,6 +118,10 @@ def _signed(pair: tuple[float, float] | None) -> str:
     return "" if pair is None else f"{100 * pair[0]:+.1f} ± {100 * pair[1]:.1f}"
 
 
+def _table_row(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def write_comparison(
     results: Sequence[ArmResult], out: Path, reference: str, method: str | None, title: str = "Comparison"
 ) -> Path:
@@ -126,6 +130,17 @@ def write_comparison(
     table's path."""
     out.mkdir(parents=True, exist_ok=True)
     # a table of one recipe's rounds has no method to set them beside: no column of dashes then
+    versus = [f"vs {reference}"] + ([f"vs {method}"] if method else [])
+    header = [
+        "row",
+        "run, iteration",
+        "held-out",
+        *versus,
+        "labels",
+        "completions",
+        "generated tokens",
+        "seconds",
+    ]
     against = (
         f'"vs {reference}" and "vs {method}" are paired differences in points with their 95% intervals'
         if method
@@ -139,18 +154,15 @@ def write_comparison(
         "(a difference whose interval includes zero is no difference). Label cost: the rounds' own labels",
         "(completions, generated tokens, seconds), the first labels shared by every row left out.",
         "",
-        f"| row | run, iteration | held-out | vs {reference} |{f' vs {method} |' if method else ''} labels "
-        "| completions | generated tokens | seconds |",
-        "|---|---|---|---|" + ("---|" if method else "") + "---|---|---|---|",
+        _table_row(header),
+        "|" + "---|" * len(header),
     ]
     for r in results:
         cost = r.label_cost
-        versus = f" {_signed(r.vs_method)} |" if method else ""
-        lines.append(
-            f"| {r.name} | {Path(r.run_dir).name}, {r.iteration} | {100 * r.accuracy:.1f}% | "
-            f"{_signed(r.vs_reference)} |{versus} {r.strategy or '–'} | "
-            f"{cost.get('completions', 0)} | {cost.get('generated_tokens', 0)} | {cost.get('seconds', 0.0):.0f} |"
-        )
+        differences = [_signed(r.vs_reference)] + ([_signed(r.vs_method)] if method else [])
+        cells = [r.name, f"{Path(r.run_dir).name}, {r.iteration}", f"{100 * r.accuracy:.1f}%", *differences]
+        cells += [r.strategy or "–", cost.get("completions", 0), cost.get("generated_tokens", 0)]
+        lines.append(_table_row([*cells, f"{cost.get('seconds', 0.0):.0f}"]))
         shutil.copyfile(
             Path(r.run_dir) / f"heldout_{r.iteration}.jsonl", out / f"heldout_{_file_name(r.name)}.jsonl"
         )
