@@ -69,8 +69,9 @@ def main(config_path: str) -> None:
         collate = module.collator.pad
     else:
         raise ValueError(f"unknown kind {kind!r}")
+    accumulate = config.get("accumulate", 1)
     loader = DataLoader(
-        items, batch_size=config["batch_size"], shuffle=False, collate_fn=collate, num_workers=0
+        items, batch_size=config["batch_size"] // accumulate, shuffle=False, collate_fn=collate, num_workers=0
     )
 
     meter = StepMeter(kind)
@@ -83,7 +84,7 @@ def main(config_path: str) -> None:
         precision=precision,
         max_steps=config["steps"],
         max_epochs=-1,
-        accumulate_grad_batches=1,
+        accumulate_grad_batches=accumulate,
         gradient_clip_val=clip,
         gradient_clip_algorithm="norm",
         limit_val_batches=0,
@@ -123,13 +124,15 @@ def main(config_path: str) -> None:
 
 
 class StepMeter(L.Callback):
-    """Per optimizer step: the time it ended and the tokens its batch fed the model.
+    """Per optimizer step: the time it ended and the tokens its micro-batches fed the model.
 
-    ``on_train_batch_end`` comes after backward, clipping and the optimizer and scheduler steps (automatic
-    optimisation, no accumulation), so the interval between two ends is one whole step, data loading included.
-    Tokens are the batch's attention-mask ones (both sides for ORPO); positions are all its entries, padding
-    included. Memory: the process's peak resident set (GiB) while loading the model and, over all steps, in
-    each part of a step (forward, backward, clipping + optimizer step), each part's peak measured on its own.
+    The ``on_train_batch_end`` that finds the global step advanced comes after backward, clipping and the
+    optimizer and scheduler steps (automatic optimisation), so the interval between two such ends is one whole
+    step, data loading and every accumulated micro-batch included. Tokens are the attention-mask ones (both
+    sides for ORPO); positions are all entries, padding included. Memory: the process's peak resident set
+    (GiB) while loading the model and, over all steps, in each part of a step (forward, backward, clipping +
+    optimizer step; with accumulation, each micro-batch's forward and backward), each part's peak measured on
+    its own.
     """
 
     def __init__(self, kind: str) -> None:
@@ -138,6 +141,7 @@ class StepMeter(L.Callback):
         self.first_start: float | None = None
         self.threads: int | None = None
         self._pending: tuple[int, int] = (0, 0)
+        self._recorded_step = 0
         self.memory: dict[str, float] = {"forward": 0.0, "backward": 0.0, "optimizer_step": 0.0}
         self._part = PhaseMemory()
 
@@ -159,12 +163,20 @@ class StepMeter(L.Callback):
             masks = [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
         else:
             masks = [batch["attention_mask"]]
-        self._pending = (sum(int(m.sum()) for m in masks), sum(m.numel() for m in masks))
+        tokens, positions = self._pending
+        self._pending = (
+            tokens + sum(int(m.sum()) for m in masks),
+            positions + sum(m.numel() for m in masks),
+        )
         self._part.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._part_ends("optimizer_step")
+        if trainer.global_step == self._recorded_step:  # a micro-batch accumulated; no step yet
+            return
+        self._recorded_step = trainer.global_step
         tokens, positions = self._pending
+        self._pending = (0, 0)
         self.steps.append(
             {
                 "step": trainer.global_step,

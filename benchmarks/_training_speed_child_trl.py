@@ -67,8 +67,8 @@ def training_arguments(config: dict[str, Any], config_class) -> dict[str, Any]:
     bf16 = config["precision"] == "bf16"
     wanted: dict[str, Any] = {
         "output_dir": config["output_dir"],
-        "per_device_train_batch_size": config["batch_size"],
-        "gradient_accumulation_steps": 1,
+        "per_device_train_batch_size": config["batch_size"] // config.get("accumulate", 1),
+        "gradient_accumulation_steps": config.get("accumulate", 1),
         "max_steps": config["steps"],
         "num_train_epochs": 1,
         "learning_rate": config["learning_rate"],

@@ -85,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per step (pairs for ORPO)")
     parser.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step, each of batch-size / accumulate rows (Lightning's "
+        "accumulate_grad_batches, TRL's gradient_accumulation_steps)",
+    )
+    parser.add_argument(
         "--max-length", type=int, default=320, help="tokens per sequence (prompt + completion)"
     )
     parser.add_argument("--rows", type=int, default=160, help="questions of the arithmetic task")
@@ -153,6 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown trainer(s) {unknown}; known: {list(TRAINERS)}")
     if args.steps < 1 or args.batch_size < 1 or args.rows < 1 or args.threads < 1:
         parser.error("--steps, --batch-size, --rows and --threads must be >= 1")
+    if args.accumulate < 1 or args.batch_size % args.accumulate:
+        parser.error(f"--accumulate must be >= 1 and divide --batch-size {args.batch_size}")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
     if args.warmup >= args.steps:
@@ -452,6 +461,7 @@ def main(argv: list[str] | None = None) -> None:
                 "data": data["files"][name],
                 "steps": args.steps,
                 "batch_size": args.batch_size,
+                "accumulate": args.accumulate,
                 "max_length": args.max_length,
                 "learning_rate": args.orpo_lr if kind == "orpo" else args.prm_lr,
                 "orpo_beta": args.orpo_beta,
@@ -480,7 +490,8 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(results, args)
     print()
     print(
-        f"{args.steps} steps ({args.warmup} warm-up, untimed) of {args.batch_size} rows, max_length "
+        f"{args.steps} steps ({args.warmup} warm-up, untimed) of {args.batch_size} rows "
+        f"({args.accumulate} micro-batch{'es' if args.accumulate > 1 else ''}), max_length "
         f"{args.max_length}, precision {args.precision}, gradient checkpointing "
         f"{'on' if args.gradient_checkpointing else 'off'}, sapo's heap release after each step "
         f"{'on' if args.release_heap else 'off'} (every {args.release_every_n_steps} steps; gradients dropped "

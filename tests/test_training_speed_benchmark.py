@@ -93,3 +93,24 @@ def test_sapo_trainers_run_through_the_driver(bench, tmp_path, sapo_cache_dir, m
         assert result["peak_rss_gib"] == max(result["memory"].values())
     assert "trl_envs.sh" in record["results"]["trl-orpo"]["error"]
     assert "| sapo-orpo |" in record["table"] and "| trl-orpo |" in record["table"]
+
+
+def test_accumulated_micro_batches_make_one_step_record_each(bench, tmp_path, sapo_cache_dir):
+    """With --accumulate 2 each optimizer step is recorded once, with the tokens of both of its micro-batches:
+    the same rows per step, in the same order, as one batch of the whole size."""
+    folder = tmp_path / "tiny"
+    model, tokenizer = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir).load()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    records = {}
+    for accumulate in (1, 2):
+        out = tmp_path / f"speed_{accumulate}.json"
+        bench.main(["--smoke", "--model", str(folder), "--batch-size", "4", "--threads", "1"]
+                   + ["--accumulate", str(accumulate), "--only", "sapo-orpo", "--out", str(out)])  # fmt: skip
+        records[accumulate] = json.loads(out.read_text())["results"]["sapo-orpo"]
+    whole, halves = records[1], records[2]
+    assert halves["global_step"] == whole["global_step"] == 3
+    assert [s["step"] for s in halves["steps"]] == [1, 2, 3]
+    assert [s["tokens"] for s in halves["steps"]] == [s["tokens"] for s in whole["steps"]]
+    with pytest.raises(SystemExit):  # 4 rows do not split into 3 micro-batches
+        bench.parse_args(["--batch-size", "4", "--accumulate", "3"])
