@@ -508,9 +508,15 @@ def main(argv: list[str] | None = None) -> None:
             if "memory" in result:  # sapo's children: each part's own peak
                 parts = ", ".join(f"{part} {gib:.2f}" for part, gib in result["memory"].items())
                 print(f"{name}: peak resident GiB by part: {parts}")
+    from sapo.callbacks import KERNEL_CACHE_VARIABLES  # set by the sapo command; these children do not
+
     record = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine,
+        # the allocator's and the CPU kernel caches' settings the children inherit: they move speed and peak
+        "environment": {
+            k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in KERNEL_CACHE_VARIABLES
+        },
         "model": str(folder),
         "data": {k: v for k, v in data.items() if k != "files"},
         "results": results,

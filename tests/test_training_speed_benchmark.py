@@ -67,8 +67,8 @@ def test_the_timing_starts_after_the_warm_up_steps(bench):
 
 def test_sapo_trainers_run_through_the_driver(bench, tmp_path, sapo_cache_dir, monkeypatch):
     """The driver prepares the data, runs sapo's ORPO and PRM children in their own processes and records
-    every step's tokens and each part of a step's memory; an absent TRL environment is an error entry that
-    names the script to run, not a crash."""
+    every step's tokens, each part of a step's memory and the kernel-cache settings they ran under; an
+    absent TRL environment is an error entry that names the script to run, not a crash."""
     folder = tmp_path / "tiny"
     model, tokenizer = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir).load()
     model.save_pretrained(folder)
@@ -76,11 +76,13 @@ def test_sapo_trainers_run_through_the_driver(bench, tmp_path, sapo_cache_dir, m
     out = tmp_path / "speed.json"
     steps, batch = 3, 4  # --smoke: 3 steps on 24 rows
     monkeypatch.setitem(bench.TRAINERS, "trl-orpo", ("orpo", "trl", tmp_path / "no-env" / "bin" / "python"))
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")  # recorded: such settings move the figures
     only = "sapo-orpo,sapo-prm,trl-orpo"
     bench.main(["--smoke", "--model", str(folder), "--batch-size", str(batch), "--threads", "1"]
                + ["--out", str(out), "--only", only])  # fmt: skip
     record = json.loads(out.read_text())
     assert record["data"]["rows"] == 24 and record["data"]["prm_with_error"] == 12
+    assert record["environment"]["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
     for name in ("sapo-orpo", "sapo-prm"):
         result = record["results"][name]
         assert "error" not in result, result
