@@ -39,7 +39,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -179,13 +178,6 @@ def import_cost(module: str) -> dict[str, int]:
     return {key: after[key] - before[key] for key in before}
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/carried_memory.json"))
@@ -200,6 +192,8 @@ def main() -> None:
         for module in args.import_cost:
             print(module, json.dumps(import_cost(module)))
         return
+
+    from training_speed import cpu_info, memory_environment  # this script's folder is on sys.path
 
     from sapo.cli import main as sapo_main
     from sapo.evolution import memory
@@ -233,8 +227,8 @@ def main() -> None:
         record["phase"] = phase
     result = {
         "command": " ".join(["fit", *fit_args]),
-        "machine": {"cpu": _cpu_model(), "cores_usable": len(os.sched_getaffinity(0))},
-        "environment": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "machine": {"cpu": cpu_info()},
+        "environment": memory_environment(),
         "seconds": round(time.time() - began),
         "phases": records,
     }

@@ -394,6 +394,14 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
+def memory_environment() -> dict[str, str]:
+    """The allocator's and the CPU kernel caches' settings in this process's environment (children inherit
+    them): they move speed and peak memory. The ``sapo`` command sets the kernel caches; these children do not."""
+    from sapo.callbacks import KERNEL_CACHE_VARIABLES
+
+    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in KERNEL_CACHE_VARIABLES}
+
+
 def torch_info() -> dict[str, Any]:
     import torch
 
@@ -508,15 +516,10 @@ def main(argv: list[str] | None = None) -> None:
             if "memory" in result:  # sapo's children: each part's own peak
                 parts = ", ".join(f"{part} {gib:.2f}" for part, gib in result["memory"].items())
                 print(f"{name}: peak resident GiB by part: {parts}")
-    from sapo.callbacks import KERNEL_CACHE_VARIABLES  # set by the sapo command; these children do not
-
     record = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine,
-        # the allocator's and the CPU kernel caches' settings the children inherit: they move speed and peak
-        "environment": {
-            k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in KERNEL_CACHE_VARIABLES
-        },
+        "environment": memory_environment(),
         "model": str(folder),
         "data": {k: v for k, v in data.items() if k != "files"},
         "results": results,
