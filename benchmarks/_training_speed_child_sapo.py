@@ -51,6 +51,7 @@ def main(config_path: str) -> None:
             learning_rate=config["learning_rate"],
             weight_decay=config["weight_decay"],
             warmup_ratio=0.0,
+            train_embeddings=config.get("train_embeddings", True),
         )
         items = read_pairs(config["data"])
         collate = PairCollator(module.tokenizer, config["separator"], config["max_length"])

@@ -122,6 +122,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="with --release-heap: the optimizer steps between two trims (ReleaseFreedHeap's every_n_steps)",
     )
+    parser.add_argument(
+        "--train-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sapo's ORPO reasoner trains its token embeddings and tied output head (ORPOReasoner's "
+        "train_embeddings, the loop's orpo.train_embeddings); TRL's always does",
+    )
     parser.add_argument("--orpo-lr", type=float, default=DEFAULT_LEARNING_RATE["orpo"])
     parser.add_argument("--prm-lr", type=float, default=DEFAULT_LEARNING_RATE["prm"])
     parser.add_argument(
@@ -477,6 +484,7 @@ def main(argv: list[str] | None = None) -> None:
                 "max_grad_norm": args.max_grad_norm,
                 "precision": args.precision,
                 "gradient_checkpointing": args.gradient_checkpointing,
+                "train_embeddings": args.train_embeddings,
                 "release_heap": args.release_heap,
                 "free_gradients": args.free_gradients,
                 "release_every_n_steps": args.release_every_n_steps,

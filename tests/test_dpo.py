@@ -208,6 +208,7 @@ def test_hparams_are_dpo_reasoners_own(spec):
         "learning_rate": 1e-6,
         "weight_decay": 0.0,
         "warmup_ratio": 0.1,
+        "train_embeddings": True,
     }
 
 

@@ -317,3 +317,70 @@ def test_sequence_logprob_falls_back_to_full_logits_for_softcapped_models(reason
     assert decoder_and_head(reasoner.model) is None
     with torch.no_grad():
         assert reasoner.sequence_logprob(batch, "chosen").tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def _one_pair_batch() -> dict[str, torch.Tensor]:
+    return crafted_batch([([7, 8, 21, 22, 23], 2)], [([7, 8, 31, 32], 2)], [True])
+
+
+@pytest.mark.parametrize("train_embeddings", [True, False])
+def test_frozen_token_embeddings_stay_as_loaded_and_hold_no_optimizer_state(sapo_cache_dir, train_embeddings):
+    spec = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir)
+    reasoner = ORPOReasoner(spec, learning_rate=1e-2, warmup_ratio=0.0, train_embeddings=train_embeddings)
+    model = reasoner.model
+    embeddings = model.get_input_embeddings().weight
+    assert embeddings is model.get_output_embeddings().weight  # the tiny model ties them, as SmolLM2
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(reasoner, train_dataloaders=DataLoader([_one_pair_batch()] * 2, batch_size=None))
+
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    name = "model.embed_tokens.weight"
+    assert (id(embeddings) in optimized) is train_embeddings
+    assert (name in changed) is train_embeddings
+    assert changed - {name}, "the rest of the model trains either way"
+    assert len(optimized) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_freezing_counts_a_tied_matrix_once_an_untied_head_too_and_nothing_under_lora(sapo_cache_dir):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sapo.models.backbone import LoraSettings
+    from sapo.models.reasoner import freeze_token_embeddings
+
+    shape = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    for tied in (True, False):
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=100, tie_word_embeddings=tied, **shape))
+        assert freeze_token_embeddings(model) == (1 if tied else 2) * 100 * 16
+        assert not model.get_input_embeddings().weight.requires_grad
+        assert not model.get_output_embeddings().weight.requires_grad
+        assert all(p.requires_grad for p in model.model.layers.parameters())
+        assert freeze_token_embeddings(model) == 0  # already frozen
+
+    spec = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir, lora=LoraSettings())
+    lora = ORPOReasoner(spec, train_embeddings=True).model
+    trainable = [name for name, p in lora.named_parameters() if p.requires_grad]
+    assert freeze_token_embeddings(lora) == 0
+    assert [name for name, p in lora.named_parameters() if p.requires_grad] == trainable
+
+
+@pytest.mark.parametrize("loss", ["orpo", "dpo"])
+def test_the_loop_freezes_token_embeddings_in_the_phase_whose_setting_says_so(sapo_cache_dir, loss):
+    from sapo.evolution import SelfEvolution
+    from sapo.evolution.settings import ORPOSettings, SFTSettings
+
+    spec = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir)
+    loop = SelfEvolution(spec, sft=SFTSettings(), orpo=ORPOSettings(loss=loss, train_embeddings=False))
+    sft, round_ = loop._reasoner_module(spec, loop.sft), loop._reasoner_module(spec, loop.orpo, loss)
+    assert sft.model.get_input_embeddings().weight.requires_grad
+    assert not round_.model.get_input_embeddings().weight.requires_grad
+    assert type(round_).__name__ == ("DPOReasoner" if loss == "dpo" else "ORPOReasoner")
+    assert round_.hparams.train_embeddings is False

@@ -275,7 +275,7 @@ class SelfEvolution:
             if self.sft.epochs == 0:  # start the loop from the base model as it is
                 return {"reasoner": str(self.reasoner_spec.name_or_path), "skipped": True}
             folder = self.run_dir / "sft" / "reasoner"
-            module = self._reasoner_module(self.reasoner_spec, self.sft.learning_rate, self.sft.warmup_ratio)
+            module = self._reasoner_module(self.reasoner_spec, self.sft)
             self._fit("sft", module, self.data, self.sft.epochs)
             self._save(module, folder)
             return {"reasoner": str(folder), "pairs": len(self.data.train_pairs)}
@@ -449,9 +449,7 @@ class SelfEvolution:
                 "sft": replace(self.reasoner_spec, name_or_path=self.run.summary("sft")["reasoner"]),
                 "previous": replace(self.reasoner_spec, name_or_path=str(previous)),
             }[self.orpo.init]
-            module = self._reasoner_module(
-                init, self.orpo.learning_rate, self.orpo.warmup_ratio, self.orpo.loss
-            )
+            module = self._reasoner_module(init, self.orpo, self.orpo.loss)
             replayed = self.data.replayed_gold(pairs, module.tokenizer) if self.orpo.replay_gold else []
             rows = self.data.pair_data(pairs + replayed, module.tokenizer)
             self._fit(name, module, rows, self.orpo.epochs, max_steps=self.orpo.max_steps)
@@ -548,15 +546,17 @@ class SelfEvolution:
         return [phases[f"eval_{t}"] for t in range(self.iterations + 1) if f"eval_{t}" in phases]
 
     def _reasoner_module(
-        self, spec: BackboneSpec, learning_rate: float, warmup_ratio: float, loss: str = "orpo"
+        self, spec: BackboneSpec, phase: SFTSettings | ORPOSettings, loss: str = "orpo"
     ) -> ORPOReasoner:
         """SFT's and a round's reasoner: ORPO (SFT's rows have no rejected side), or DPO (``orpo.loss``)."""
+        common = {
+            "learning_rate": phase.learning_rate,
+            "warmup_ratio": phase.warmup_ratio,
+            "train_embeddings": phase.train_embeddings,
+        }
         if loss == "dpo":
-            dpo = {"beta": self.orpo.beta, "sft_weight": self.orpo.sft_weight}
-            return DPOReasoner(spec, **dpo, learning_rate=learning_rate, warmup_ratio=warmup_ratio)
-        return ORPOReasoner(
-            spec, orpo_weight=self.orpo.weight, learning_rate=learning_rate, warmup_ratio=warmup_ratio
-        )
+            return DPOReasoner(spec, beta=self.orpo.beta, sft_weight=self.orpo.sft_weight, **common)
+        return ORPOReasoner(spec, orpo_weight=self.orpo.weight, **common)
 
     def _load_verifier(self, folder: Path) -> PRMVerifier:
         options = {"dtype": frozen_dtype(self.reasoner_spec)}

@@ -15,7 +15,7 @@ from sapo.models.backbone import BackboneSpec
 from sapo.models.losses import chunked_labelled_logprob, dpo_loss, orpo_loss, sequence_logprob
 from sapo.models.schedule import adamw_with_linear_warmup_decay
 
-__all__ = ["DPOReasoner", "ORPOReasoner", "PAIR_TERMS", "decoder_and_head"]
+__all__ = ["DPOReasoner", "ORPOReasoner", "PAIR_TERMS", "decoder_and_head", "freeze_token_embeddings"]
 
 #: logged terms that exist only for rows with a rejected side, so they are averaged over those rows; the
 #: others (``nll``, ``chosen_logp``) are averaged over every row of a batch
@@ -58,6 +58,21 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     return decoder, head
 
 
+def freeze_token_embeddings(model: torch.nn.Module) -> int:
+    """Stop training the token embeddings of ``model`` and its output head (one matrix when tied, as in
+    SmolLM2, Llama 3.2 1B, Qwen2.5 0.5B); returns how many parameters that froze (0 where they were frozen
+    already, as under LoRA). The optimizer then keeps no gradient and no moments for them."""
+    frozen = 0
+    seen: set[int] = set()
+    for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+        for parameter in layer.parameters() if layer is not None else ():
+            if id(parameter) not in seen and parameter.requires_grad:
+                frozen += parameter.numel()
+                parameter.requires_grad_(False)
+            seen.add(id(parameter))
+    return frozen
+
+
 class ORPOReasoner(L.LightningModule):
     """A causal LM trained on preference pairs with ORPO; pairs without a rejected side train as SFT.
 
@@ -75,6 +90,11 @@ class ORPOReasoner(L.LightningModule):
         weight_decay: AdamW weight decay (SIPF: 0.01 for the verifier; ORPO's TRL default 0.0).
         warmup_ratio: share of the optimisation steps spent warming up linearly (SIPF: 0.1), after which
             the rate decays linearly to 0 (SIPF's linear schedule).
+        train_embeddings: train the token embeddings and the output head with the rest (the papers' full
+            fine-tuning). Off (:func:`freeze_token_embeddings`): a deviation for memory; with a tied head
+            the optimizer holds no gradient and no AdamW moments for the vocabulary's matrix (for
+            SmolLM2-135M: 28M of 135M parameters, 0.32 GiB) and skips that matrix's weight gradient.
+            Nothing changes under LoRA, where they are frozen already.
     """
 
     def __init__(
@@ -84,6 +104,7 @@ class ORPOReasoner(L.LightningModule):
         learning_rate: float = 8e-5,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.1,
+        train_embeddings: bool = True,
     ) -> None:
         super().__init__()
         if orpo_weight < 0:
@@ -94,6 +115,8 @@ class ORPOReasoner(L.LightningModule):
         self.backbone_spec = backbone
         # Loaded here, not in configure_model: the DataModule needs the tokenizer during its setup.
         self.model, self.tokenizer = backbone.load()
+        if not train_embeddings:
+            freeze_token_embeddings(self.model)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodules' modes as they are
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -199,6 +222,8 @@ class DPOReasoner(ORPOReasoner):
         weight_decay: AdamW weight decay (TRL's default 0.0).
         warmup_ratio: share of the optimisation steps spent warming up linearly, after which the rate
             decays linearly to 0, as :class:`ORPOReasoner` (0.1: SIPF's).
+        train_embeddings: train the token embeddings and the output head, as :class:`ORPOReasoner`; the
+            reference is the policy as loaded either way.
     """
 
     def __init__(
@@ -209,6 +234,7 @@ class DPOReasoner(ORPOReasoner):
         learning_rate: float = 1e-6,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.1,
+        train_embeddings: bool = True,
     ) -> None:
         # checked before the model loads; dpo_loss checks them again
         if beta <= 0:
@@ -221,6 +247,7 @@ class DPOReasoner(ORPOReasoner):
             learning_rate=learning_rate,
             weight_decay=weight_decay,
             warmup_ratio=warmup_ratio,
+            train_embeddings=train_embeddings,
         )
         # drops ORPO's weight, which DPOReasoner does not take (load_from_checkpoint passes hparams back)
         self.save_hyperparameters(ignore="orpo_weight")
