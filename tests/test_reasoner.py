@@ -49,6 +49,18 @@ def side(rows: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def _quiet_trainer(**options) -> L.Trainer:
+    """A CPU trainer that writes nothing: no logger, checkpoint, progress bar or model summary."""
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )
+
+
 def crafted_batch(chosen, rejected, has_rejected) -> dict[str, torch.Tensor]:
     batch = {f"chosen_{k}": v for k, v in side(chosen).items()}
     batch.update({f"rejected_{k}": v for k, v in side(rejected).items()})
@@ -201,15 +213,7 @@ def test_logged_metrics_under_train_and_val(reasoner):
         "reward_accuracy": 1 / 3,
     }
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = _quiet_trainer(max_steps=1, num_sanity_val_steps=0)
     trainer.fit(
         reasoner,
         train_dataloaders=DataLoader([train_batch], batch_size=None),
@@ -331,14 +335,7 @@ def test_frozen_token_embeddings_stay_as_loaded_and_hold_no_optimizer_state(sapo
     embeddings = model.get_input_embeddings().weight
     assert embeddings is model.get_output_embeddings().weight  # the tiny model ties them, as SmolLM2
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = _quiet_trainer(max_steps=2)
     trainer.fit(reasoner, train_dataloaders=DataLoader([_one_pair_batch()] * 2, batch_size=None))
 
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}

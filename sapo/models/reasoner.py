@@ -63,13 +63,11 @@ def freeze_token_embeddings(model: torch.nn.Module) -> int:
     SmolLM2, Llama 3.2 1B, Qwen2.5 0.5B); returns how many parameters that froze (0 where they were frozen
     already, as under LoRA). The optimizer then keeps no gradient and no moments for them."""
     frozen = 0
-    seen: set[int] = set()
     for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
         for parameter in layer.parameters() if layer is not None else ():
-            if id(parameter) not in seen and parameter.requires_grad:
+            if parameter.requires_grad:  # a tied matrix is frozen on its first visit, so counted once
                 frozen += parameter.numel()
                 parameter.requires_grad_(False)
-            seen.add(id(parameter))
     return frozen
 
 
