@@ -52,6 +52,7 @@ def main(config_path: str) -> None:
             weight_decay=config["weight_decay"],
             warmup_ratio=0.0,
             train_embeddings=config.get("train_embeddings", True),
+            moment_dtype=config.get("moment_dtype", "float32"),
         )
         items = read_pairs(config["data"])
         collate = PairCollator(module.tokenizer, config["separator"], config["max_length"])

@@ -1,11 +1,12 @@
-"""AdamW's step on this CPU: torch's three implementations on the parameters of SmolLM2-135M.
+"""AdamW's step on this CPU: torch's three implementations and sapo's bfloat16 moments on SmolLM2-135M.
 
-The multi-tensor implementation (torch's default, ``foreach``), the per-parameter loop (``foreach=False``) and
-the fused kernel (``fused=True``, what :func:`sapo.models.schedule.adamw` picks on a CPU), each in a fresh
+The multi-tensor implementation (torch's default, ``foreach``), the per-parameter loop (``foreach=False``),
+the fused kernel (``fused=True``, what :func:`sapo.models.schedule.adamw` picks on a CPU) and
+:class:`sapo.models.optim.BFloat16MomentAdamW` (``moment_dtype: bfloat16``), each in a fresh
 subprocess, on a randomly initialised model of SmolLM2-135M's shape (float32 weights; no download), every
 weight given a random gradient. Measured per implementation, after ``--warmup`` untimed steps (the first
-creates the moments): seconds per step, the resident memory before the timed steps, and how far the process's
-peak rose above it during them (the step's temporaries). The implementations run one after the other, in
+creates the moments): seconds per step, the size of the optimizer's state, the resident memory before the
+timed steps, and how far the process's peak rose above it during them (the step's temporaries). The implementations run one after the other, in
 ``--rounds`` rounds, interleaved (interference only ever slows a run, so the best round of each is the
 figure).
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 IMPLEMENTATIONS = {"foreach (torch's default)": {"foreach": True}, "per parameter": {"foreach": False}}
 IMPLEMENTATIONS["fused (sapo's)"] = {"fused": True}
+IMPLEMENTATIONS["bfloat16 moments (sapo's moment_dtype: bfloat16)"] = {"moment_dtype": "bfloat16"}
 
 
 def _child(name: str, steps: int, warmup: int, threads: int) -> dict:
@@ -51,7 +53,13 @@ def _child(name: str, steps: int, warmup: int, threads: int) -> dict:
     parameters = [p for p in model.parameters() if p.requires_grad]
     for p in parameters:
         p.grad = torch.randn_like(p) * 1e-3
-    optimizer = torch.optim.AdamW(parameters, lr=1e-4, weight_decay=0.01, **IMPLEMENTATIONS[name])
+    options = IMPLEMENTATIONS[name]
+    if "moment_dtype" in options:
+        from sapo.models.schedule import adamw
+
+        optimizer = adamw(parameters, learning_rate=1e-4, weight_decay=0.01, **options)
+    else:
+        optimizer = torch.optim.AdamW(parameters, lr=1e-4, weight_decay=0.01, **options)
     for _ in range(warmup):
         optimizer.step()
     resident = psutil.Process().memory_info().rss
@@ -64,6 +72,13 @@ def _child(name: str, steps: int, warmup: int, threads: int) -> dict:
         "implementation": name,
         "parameters": sum(p.numel() for p in parameters),
         "seconds_per_step": seconds,
+        "state_gib": sum(
+            t.numel() * t.element_size()
+            for state in optimizer.state.values()
+            for t in state.values()
+            if torch.is_tensor(t)
+        )
+        / 2**30,
         "resident_gib": resident / 2**30,
         "peak_rise_gib": max(0, peak - resident) / 2**30,
     }
@@ -100,9 +115,14 @@ def main() -> None:
         name: min((r for r in runs if r["implementation"] == name), key=lambda r: r["seconds_per_step"])
         for name in IMPLEMENTATIONS
     }
-    print("\n| AdamW implementation | s/step (best round) | peak rise during the steps, GiB |\n|---|---|---|")
+    print(
+        "\n| AdamW implementation | s/step (best round) | state, GiB | peak rise during the steps, GiB |"
+        "\n|---|---|---|---|"
+    )
     for name, run in best.items():
-        print(f"| {name} | {run['seconds_per_step']:.3f} | {run['peak_rise_gib']:.2f} |")
+        print(
+            f"| {name} | {run['seconds_per_step']:.3f} | {run['state_gib']:.2f} | {run['peak_rise_gib']:.2f} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads}
     args.out.write_text(

@@ -129,6 +129,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sapo's ORPO reasoner trains its token embeddings and tied output head (ORPOReasoner's "
         "train_embeddings, the loop's orpo.train_embeddings); TRL's always does",
     )
+    parser.add_argument(
+        "--moment-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="how sapo's ORPO reasoner stores AdamW's moments (ORPOReasoner's moment_dtype, the loop's "
+        "orpo.moment_dtype); TRL's keeps them in float32",
+    )
     parser.add_argument("--orpo-lr", type=float, default=DEFAULT_LEARNING_RATE["orpo"])
     parser.add_argument("--prm-lr", type=float, default=DEFAULT_LEARNING_RATE["prm"])
     parser.add_argument(
@@ -485,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
                 "precision": args.precision,
                 "gradient_checkpointing": args.gradient_checkpointing,
                 "train_embeddings": args.train_embeddings,
+                "moment_dtype": args.moment_dtype,
                 "release_heap": args.release_heap,
                 "free_gradients": args.free_gradients,
                 "release_every_n_steps": args.release_every_n_steps,

@@ -209,6 +209,7 @@ def test_hparams_are_dpo_reasoners_own(spec):
         "weight_decay": 0.0,
         "warmup_ratio": 0.1,
         "train_embeddings": True,
+        "moment_dtype": "float32",
     }
 
 

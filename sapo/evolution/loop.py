@@ -553,6 +553,7 @@ class SelfEvolution:
             "learning_rate": phase.learning_rate,
             "warmup_ratio": phase.warmup_ratio,
             "train_embeddings": phase.train_embeddings,
+            "moment_dtype": phase.moment_dtype,
         }
         if loss == "dpo":
             return DPOReasoner(spec, beta=self.orpo.beta, sft_weight=self.orpo.sft_weight, **common)

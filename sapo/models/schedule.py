@@ -1,4 +1,5 @@
-"""The learning-rate schedule the models share: linear warm-up, then linear decay to zero (SIPF's schedule)."""
+"""The optimizer and learning-rate schedule the models share: AdamW; linear warm-up, then linear decay to zero
+(SIPF's schedule)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["adamw", "adamw_with_linear_warmup_decay", "linear_warmup_decay", "linear_warmup_decay_scheduler"]
+from sapo.models.optim import BFloat16MomentAdamW
+
+__all__ = [
+    "MOMENT_DTYPES",
+    "adamw",
+    "adamw_with_linear_warmup_decay",
+    "check_moment_dtype",
+    "linear_warmup_decay",
+    "linear_warmup_decay_scheduler",
+]
 
 
 def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -43,21 +53,41 @@ def linear_warmup_decay_scheduler(
 #: devices whose parameters AdamW's fused kernel takes
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
+#: how AdamW may store its two moments: as the parameters (float32 master weights), or in bfloat16
+#: (:class:`~sapo.models.optim.BFloat16MomentAdamW`)
+MOMENT_DTYPES = ("float32", "bfloat16")
+
+
+def check_moment_dtype(moment_dtype: str) -> None:
+    """Refuse a ``moment_dtype`` that is not one of :data:`MOMENT_DTYPES`, naming it."""
+    if moment_dtype not in MOMENT_DTYPES:
+        raise ValueError(f"moment_dtype must be one of {MOMENT_DTYPES}, got {moment_dtype!r}")
+
 
 def adamw(
-    parameters: Iterable[torch.nn.Parameter], learning_rate: float, weight_decay: float
-) -> torch.optim.AdamW:
-    """``torch.optim.AdamW``, fused (one kernel per parameter) where every parameter is a floating-point tensor
-    on a CPU or CUDA device, else torch's default (multi-tensor) implementation; the same update either way.
+    parameters: Iterable[torch.nn.Parameter],
+    learning_rate: float,
+    weight_decay: float,
+    moment_dtype: str = "float32",
+) -> torch.optim.Optimizer:
+    """AdamW over ``parameters``. With ``moment_dtype="float32"``, ``torch.optim.AdamW``, fused (one kernel per
+    parameter) where every parameter is a floating-point tensor on a CPU or CUDA device, else torch's default
+    (multi-tensor) implementation; the same update either way. With ``"bfloat16"``,
+    :class:`~sapo.models.optim.BFloat16MomentAdamW`: the same update from half the optimizer state, its moments
+    stochastically rounded, at a slower step.
 
-    The default makes temporaries the size of all the parameters at each step (0.5 GiB for 135M float32
-    weights) and its step took several times longer on a CPU (``benchmarks/optimizer_step.py``); transformers'
-    Trainer, and so TRL, uses the fused kernel by default. A fused AdamW may take a gradient scaler's scale
-    into its step instead of having the gradients unscaled first, and Lightning's mixed precision then refuses
-    to clip gradients (the recipes clip at 1.0); so this one declines that offer: a scaler (16-bit mixed
-    precision) unscales the gradients before the step, as for any optimizer, and clipping sees them unscaled.
+    torch's default implementation makes temporaries the size of all the parameters at each step (0.5 GiB for
+    135M float32 weights) and its step took several times longer on a CPU (``benchmarks/optimizer_step.py``);
+    transformers' Trainer, and so TRL, uses the fused kernel by default. A fused AdamW may take a gradient
+    scaler's scale into its step instead of having the gradients unscaled first, and Lightning's mixed
+    precision then refuses to clip gradients (the recipes clip at 1.0); so this one declines that offer: a
+    scaler (16-bit mixed precision) unscales the gradients before the step, as for any optimizer, and clipping
+    sees them unscaled.
     """
+    check_moment_dtype(moment_dtype)
     parameters = list(parameters)
+    if moment_dtype == "bfloat16":
+        return BFloat16MomentAdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     fused = all(p.is_floating_point() and p.device.type in FUSED_ADAMW_DEVICES for p in parameters)
     optimizer = torch.optim.AdamW(
         parameters, lr=learning_rate, weight_decay=weight_decay, fused=fused or None
@@ -73,9 +103,10 @@ def adamw_with_linear_warmup_decay(
     weight_decay: float,
     warmup_ratio: float,
     total_steps: int,
+    moment_dtype: str = "float32",
 ) -> dict[str, Any]:
     """What ``configure_optimizers`` returns: :func:`adamw` over ``parameters`` stepped with the schedule each
     step."""
-    optimizer = adamw(parameters, learning_rate, weight_decay)
+    optimizer = adamw(parameters, learning_rate, weight_decay, moment_dtype)
     scheduler = linear_warmup_decay_scheduler(optimizer, total_steps, warmup_ratio)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
