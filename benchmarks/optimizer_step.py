@@ -6,9 +6,9 @@ the fused kernel (``fused=True``, what :func:`sapo.models.schedule.adamw` picks 
 subprocess, on a randomly initialised model of SmolLM2-135M's shape (float32 weights; no download), every
 weight given a random gradient. Measured per implementation, after ``--warmup`` untimed steps (the first
 creates the moments): seconds per step, the size of the optimizer's state, the resident memory before the
-timed steps, and how far the process's peak rose above it during them (the step's temporaries). The implementations run one after the other, in
-``--rounds`` rounds, interleaved (interference only ever slows a run, so the best round of each is the
-figure).
+timed steps, and how far the process's peak rose above it during them (the step's temporaries). The
+implementations run one after the other, in ``--rounds`` rounds, interleaved (interference only ever slows a
+run, so the best round of each is the figure).
 
 Usage::
 
