@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 
 import lightning as L
 import torch
@@ -25,7 +26,7 @@ from sapo.callbacks import ReleaseFreedHeap
 from sapo.data.preference import PairCollator, read_pairs
 from sapo.data.prm import encode_labelled, read_labelled_trajectories
 from sapo.evolution.memory import PhaseMemory
-from sapo.models.backbone import BackboneSpec
+from sapo.models.backbone import BackboneSpec, LoraSettings
 from sapo.models.reasoner import ORPOReasoner
 from sapo.models.verifier import PRMVerifier
 
@@ -53,10 +54,13 @@ def main(config_path: str) -> None:
             warmup_ratio=0.0,
             train_embeddings=config.get("train_embeddings", True),
             moment_dtype=config.get("moment_dtype", "float32"),
+            shared_prefix=config.get("shared_prefix", True),
         )
         items = read_pairs(config["data"])
         collate = PairCollator(module.tokenizer, config["separator"], config["max_length"])
     elif kind == "prm":
+        if config.get("prm_lora"):
+            spec = replace(spec, lora=LoraSettings(r=16, alpha=32, dropout=0.05, target_modules="all-linear"))
         module = PRMVerifier(
             spec,
             loss="bce",
@@ -129,12 +133,12 @@ class StepMeter(L.Callback):
     """Per optimizer step: the time it ended and the tokens its micro-batches fed the model.
 
     The ``on_train_batch_end`` that finds the global step advanced comes after backward, clipping and the
-    optimizer and scheduler steps (automatic optimisation), so the interval between two such ends is one whole
-    step, data loading and every accumulated micro-batch included. Tokens are the attention-mask ones (both
-    sides for ORPO); positions are all entries, padding included. Memory: the process's peak resident set
-    (GiB) while loading the model and, over all steps, in each part of a step (forward, backward, clipping +
-    optimizer step; with accumulation, each micro-batch's forward and backward), each part's peak measured on
-    its own.
+    optimizer and scheduler steps (automatic optimisation), so the interval between two such ends is one
+    whole step, data loading and every accumulated micro-batch included. Tokens are the attention-mask ones
+    (for ORPO: the chosen sides, and the rejected sides of the rows that have one); positions are all
+    entries, padding included. Memory: the process's peak resident set (GiB) while loading the model and,
+    over all steps, in each part of a step (forward, backward, clipping + optimizer step; with accumulation,
+    each micro-batch's forward and backward), each part's peak measured on its own.
     """
 
     def __init__(self, kind: str) -> None:
@@ -162,7 +166,14 @@ class StepMeter(L.Callback):
             self.first_start = time.perf_counter()
             self.threads = torch.get_num_threads()
         if self.kind == "orpo":
-            masks = [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
+            masks = [batch["chosen_attention_mask"]]
+            if "rejected_attention_mask" in batch:
+                rejected = batch["rejected_attention_mask"]
+                if rejected.shape[0] == batch["has_rejected"].shape[0]:
+                    # a rejected side for every row (sapo before 2026-12-07 repeated an SFT row's chosen side
+                    # there): count the flagged rows' only, so both layouts count the same trained tokens
+                    rejected = rejected[batch["has_rejected"]]
+                masks.append(rejected)
         else:
             masks = [batch["attention_mask"]]
         tokens, positions = self._pending

@@ -28,8 +28,8 @@ TRL never enters sapo's environment), with ``--threads`` torch threads (default:
 and the Hugging Face hub offline. Measured per trainer, after ``--warmup`` untimed steps: the wall time from
 the end of the last warm-up step to the end of the last step (data loading, forward, backward, clipping,
 optimizer and scheduler step; model loading and data preparation excluded), the tokens trained in those steps
-(non-padding tokens fed to the model: chosen + rejected sides for ORPO, the whole sequence for PRM), tokens/s,
-seconds per step, and the process's peak resident memory (the whole process, loading included; for sapo's
+(non-padding tokens of the data: chosen + rejected sides for ORPO, each side counted whole even where sapo
+computes the prefix the sides share once; the whole sequence for PRM), tokens/s, seconds per step, and the process's peak resident memory (the whole process, loading included; for sapo's
 trainers also each part of a step's own peak: forward, backward, clipping with the optimizer step).
 
 Usage::
@@ -38,6 +38,9 @@ Usage::
     .venv/bin/python benchmarks/training_speed.py --smoke     # 3 steps on 24 rows: checks it all runs
     .venv/bin/python benchmarks/training_speed.py [--steps 20 --batch-size 8 --max-length 320 --rows 160
         --precision bf16 --out benchmarks/results/training_speed.json]
+    # sapo's ORPO alone on a loop round's own rows, in the loop's batches, with and without shared prefixes
+    .venv/bin/python benchmarks/training_speed.py --only sapo-orpo --sapo-pairs runs/demo/pairs_1.jsonl
+        [--no-shared-prefix]
 
 Results depend on the machine (bf16 kernels need avx512_bf16 or AMX), so the output names the CPU, its flags and
 the torch version of each environment. Each child's log is kept next to ``--out`` (``<out stem>-logs/``).
@@ -136,6 +139,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how sapo's ORPO reasoner stores AdamW's moments (ORPOReasoner's moment_dtype, the loop's "
         "orpo.moment_dtype); TRL's keeps them in float32",
     )
+    parser.add_argument(
+        "--sapo-pairs",
+        type=Path,
+        default=None,
+        help="sapo's ORPO trains on this PreferencePair JSONL (a loop round's pairs_<t>.jsonl: pairs beside "
+        "rows without a rejected side) in the loop's batches (length-grouped, seeded with --seed), instead of "
+        "the generated pairs; TRL's ORPO cannot train rows without a rejected side, so it does not run with this",
+    )
+    parser.add_argument(
+        "--shared-prefix",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sapo's ORPO computes both sides of a pair in one pass, their common prefix once (ORPOReasoner's "
+        "shared_prefix, the loop's orpo.shared_prefix); TRL's has a pass per side",
+    )
+    parser.add_argument(
+        "--prm-lora",
+        action="store_true",
+        help="sapo's PRM trains a LoRA adapter (r 16, alpha 32, dropout 0.05, every linear layer: SIPF's, the "
+        "demo's verifier) and its head instead of the whole model; TRL's PRM does not run with this",
+    )
     parser.add_argument("--orpo-lr", type=float, default=DEFAULT_LEARNING_RATE["orpo"])
     parser.add_argument("--prm-lr", type=float, default=DEFAULT_LEARNING_RATE["prm"])
     parser.add_argument(
@@ -178,6 +202,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--accumulate must be >= 1 and divide --batch-size {args.batch_size}")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    if args.prm_lora and "trl-prm" in args.only:
+        parser.error("--prm-lora trains sapo's PRM alone; pass --only without trl-prm")
+    if args.sapo_pairs is not None:
+        if not args.sapo_pairs.is_file():
+            parser.error(f"--sapo-pairs: no file {args.sapo_pairs}")
+        if "trl-orpo" in args.only:
+            parser.error(
+                "--sapo-pairs: TRL's ORPOTrainer cannot train rows without a rejected side; pass --only"
+            )
     if args.warmup >= args.steps:
         print(f"--warmup {args.warmup} leaves no step of {args.steps} to time: timing every step instead")
         args.warmup = 0
@@ -241,6 +274,27 @@ def corrupted_steps(steps: list[str], error: int, rng: random.Random) -> list[st
     gold_answer = int(answer.group()) if answer else gold
     out[-1] = f"The answer is {wrong if wrong != gold_answer else gold_answer + 1}."
     return out
+
+
+def loop_ordered_pairs(
+    source: Path, data_dir: Path, folder: Path, separator: str, max_length: int, batch_size: int, seed: int
+) -> tuple[str, dict[str, int]]:
+    """``source``'s preference pairs in the order the loop's ORPO phase reads them (length-grouped batches of
+    ``batch_size``, :class:`~sapo.data.batching.LengthGroupedBatchSampler` seeded with ``seed``; the child
+    reads its file in order), as the sapo ORPO child's file; returns it and its row counts."""
+    from transformers import AutoTokenizer
+
+    from sapo.data.batching import LengthGroupedBatchSampler
+    from sapo.data.datamodule import pair_lengths
+    from sapo.data.preference import PairCollator, read_pairs
+    from sapo.data.trajectory import write_jsonl
+
+    pairs = read_pairs(source)
+    collator = PairCollator(AutoTokenizer.from_pretrained(folder), separator, max_length)
+    batches = LengthGroupedBatchSampler(pair_lengths(pairs, collator), batch_size, seed=seed).batches()
+    ordered = [pairs[i] for batch in batches for i in batch]
+    counts = {"rows": len(pairs), "with_rejected": sum(p.rejected is not None for p in pairs)}
+    return str(write_jsonl(ordered, data_dir / "orpo_sapo_given.jsonl")), counts
 
 
 def prepare_data(folder: Path, data_dir: Path, rows: int, seed: int) -> dict[str, Any]:
@@ -475,6 +529,15 @@ def main(argv: list[str] | None = None) -> None:
             f"data: {args.rows} ORPO pairs and {args.rows} PRM trajectories ({data['prm_with_error']} with an "
             f"error) in {work}"
         )
+        if args.sapo_pairs is not None:
+            data["files"]["sapo-orpo"], data["sapo_pairs"] = loop_ordered_pairs(
+                args.sapo_pairs, work, folder, data["separator"], args.max_length, args.batch_size, args.seed
+            )
+            counts = data["sapo_pairs"]
+            print(
+                f"sapo-orpo trains on {args.sapo_pairs}: {counts['rows']} rows, {counts['with_rejected']} with a "
+                "rejected side"
+            )
         for name in args.only:
             kind, side, _ = TRAINERS[name]
             config = {
@@ -493,6 +556,8 @@ def main(argv: list[str] | None = None) -> None:
                 "gradient_checkpointing": args.gradient_checkpointing,
                 "train_embeddings": args.train_embeddings,
                 "moment_dtype": args.moment_dtype,
+                "shared_prefix": args.shared_prefix,
+                "prm_lora": args.prm_lora,
                 "release_heap": args.release_heap,
                 "free_gradients": args.free_gradients,
                 "release_every_n_steps": args.release_every_n_steps,

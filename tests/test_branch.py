@@ -95,6 +95,27 @@ def test_a_branch_refuses_settings_that_a_copied_phase_depends_on(tmp_path):
         branch.copy_phases(source.path, ["sft"], ["sft"])
 
 
+def test_a_branch_may_change_how_training_computes_but_not_what(tmp_path):
+    """Gradient checkpointing of the verifier and ORPO's shared prefixes give the same values up to rounding:
+    a branch (and a rerun) may change them after the phases they belong to; a learning rate it may not."""
+    from sapo.evolution.branch import COMPUTE_ONLY, RERUN_ADJUSTABLE
+
+    source = _source_run(tmp_path / "source")
+    (source.path / "verifier_0").mkdir()
+    (source.path / "verifier_0" / "model.safetensors").write_bytes(b"weights")
+    source.finish("verifier_0", verifier=str(source.path / "verifier_0"))
+    assert set(COMPUTE_ONLY) <= set(RERUN_ADJUSTABLE)
+    recomputed = _settings(verifier={"gradient_checkpointing": False}, orpo={"shared_prefix": False})
+    branch = RunDirectory(tmp_path / "branch", recomputed)
+    assert begin_branch(branch, source.path, "verifier_0", recomputed)[-1] == "verifier_0"
+    assert (branch.path / "verifier_0" / "model.safetensors").is_file()
+    trained_otherwise = _settings(verifier={"learning_rate": 1.0})
+    with pytest.raises(RunMismatchError, match=r"model\.init_args\.verifier\.learning_rate"):
+        begin_branch(
+            RunDirectory(tmp_path / "other", trained_otherwise), source.path, "verifier_0", trained_otherwise
+        )
+
+
 def test_a_branch_of_a_run_recorded_before_a_setting_existed_takes_the_setting_at_its_default(tmp_path):
     source = _source_run(tmp_path / "source")  # its record has no sampling.min_p, which samples_0 depends on
     defaults = {"model": {"init_args": {"sampling": {"temperature": 1.0, "min_p": 0.0}}}}

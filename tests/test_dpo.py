@@ -210,6 +210,7 @@ def test_hparams_are_dpo_reasoners_own(spec):
         "warmup_ratio": 0.1,
         "train_embeddings": True,
         "moment_dtype": "float32",
+        "shared_prefix": True,
     }
 
 
@@ -229,3 +230,17 @@ def test_save_pretrained_writes_the_policy_alone(spec, tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
     with torch.no_grad():
         assert torch.allclose(plain(input_ids=ids, attention_mask=mask).logits, module(ids, mask), atol=1e-5)
+
+
+def test_rejected_sides_are_computed_for_the_flagged_rows_only(spec):
+    """The batch holds the two pairs' rejected sides alone; each row's entry is its own pair's (row 2: 0,
+    left out of the loss through ``has_rejected``)."""
+    module = DPOReasoner(spec)
+    batch = pair_batch(module)
+    assert batch["rejected_input_ids"].shape[0] == 2 and batch["has_rejected"].tolist() == [True, True, False]
+    reference = module.reference_logprob(batch, "rejected")
+    assert reference.shape == (3,) and reference[2].item() == 0
+    for row in (0, 1):  # before training the policy is the reference
+        alone = summed_logp(module, pair_batch(module, [PAIRS[row]]), "rejected")
+        assert reference[row].item() == pytest.approx(alone.item(), rel=1e-5)
+        assert reference[row].item() < 0

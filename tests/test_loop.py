@@ -22,6 +22,7 @@ from sapo.cli import SapoCLI
 from sapo.data.tasks.arithmetic import ArithmeticTask
 from sapo.eval.reasoner import paired_difference
 from sapo.evolution import RunDirectory, RunMismatchError
+from sapo.models import TINY_RANDOM, BackboneSpec
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SAPO = str(Path(sys.executable).parent / "sapo")
@@ -346,3 +347,18 @@ def test_the_strategy_is_one_command_line_flag(tmp_path):
     strategy = cli.model.labelling.strategy
     assert type(strategy).__name__ == "MonteCarloSupervision" and strategy.k == 3
     assert type(SapoCLI(args=args, run=False).model.labelling.strategy).__name__ == "FirstErrorSupervision"
+
+
+@pytest.mark.parametrize("setting", [None, False, True])
+def test_the_verifier_recomputes_activations_as_its_own_setting_says(sapo_cache_dir, setting, tmp_path):
+    """verifier.gradient_checkpointing: null follows the reasoner's setting, a value overrides it."""
+    from sapo.evolution import SelfEvolution
+    from sapo.evolution.settings import VerifierSettings
+
+    reasoner = BackboneSpec(
+        TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir, gradient_checkpointing=True
+    )
+    loop = SelfEvolution(reasoner, verifier=VerifierSettings(gradient_checkpointing=setting))
+    verifier = loop.verifier.backbone(loop.reasoner_spec, tmp_path / "reasoner", loop.verifier_lora)
+    assert verifier.gradient_checkpointing is (True if setting is None else setting)
+    assert verifier.name_or_path == str(tmp_path / "reasoner") and verifier.lora == loop.verifier_lora

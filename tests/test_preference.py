@@ -39,7 +39,11 @@ def test_mixed_batch_marks_rows_without_rejected_side(smollm2_tokenizer):
         ]
     )
     assert batch["has_rejected"].tolist() == [True, False]
-    assert batch["rejected_input_ids"].shape[0] == 2
+    # only the row with a rejected side is padded into the rejected tensors: no pass for the SFT row
+    assert batch["rejected_input_ids"].shape[0] == 1
+    assert batch["rejected_labels"].shape == batch["rejected_input_ids"].shape
+    only = collate([PreferencePair("a", "Q\n", ["x = 1", "The answer is 1"], ["x = 2", "The answer is 2"])])
+    assert batch["rejected_input_ids"][0].tolist() == only["rejected_input_ids"][0].tolist()
 
 
 def test_long_sequences_are_cut_without_eos(smollm2_tokenizer):
@@ -59,8 +63,7 @@ def test_built_pairs_and_rft_pairs_collate_into_one_batch(smollm2_tokenizer):
     assert PreferencePair.from_dict(orpo[0].to_dict()) == orpo[0] and orpo[0].margin == 0.75
     batch = PairCollator(smollm2_tokenizer, "\n", max_length=64)(orpo + sft)
     assert batch["has_rejected"].tolist() == [True, False]
-    # the SFT row repeats its chosen side on the rejected side, where has_rejected keeps it out of the ratio
-    assert batch["rejected_input_ids"][1].tolist() == batch["chosen_input_ids"][1].tolist()
+    assert batch["rejected_input_ids"].shape[0] == 1  # the SFT row has no rejected side to compute
 
 
 def test_a_marked_first_error_labels_the_rejected_side_from_that_step_on(smollm2_tokenizer):
@@ -86,8 +89,9 @@ def test_a_first_error_cut_off_by_truncation_leaves_no_rejected_side(smollm2_tok
     long_step = "one two three four five six seven eight nine ten eleven twelve"
     pair = PreferencePair("a", "Q\n", ["x"], [long_step, "The answer is 2"], rejected_first_error=1)
     batch = collate([pair, PreferencePair("b", "Q\n", ["y"], ["z = 3"])])
-    assert (batch["rejected_labels"][0] == IGNORE_INDEX).all()
     assert batch["has_rejected"].tolist() == [False, True]  # nothing of the error is left to push down
+    assert batch["rejected_input_ids"].shape[0] == 1  # so its side is not computed at all
+    assert not collate([pair])["has_rejected"].any() and "rejected_input_ids" not in collate([pair])
 
 
 @pytest.mark.parametrize(

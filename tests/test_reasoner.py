@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from sapo.data.preference import IGNORE_INDEX, PairCollator, PreferencePair
 from sapo.models import TINY_RANDOM, BackboneSpec
+from sapo.models.losses import orpo_loss
 from sapo.models.reasoner import ORPOReasoner
 
 #: the token the crafted model is almost sure of (any id of the vocabulary will do)
@@ -62,8 +63,11 @@ def _quiet_trainer(**options) -> L.Trainer:
 
 
 def crafted_batch(chosen, rejected, has_rejected) -> dict[str, torch.Tensor]:
+    """A batch laid out as :class:`PairCollator` lays it out: rejected sides only for flagged rows."""
     batch = {f"chosen_{k}": v for k, v in side(chosen).items()}
-    batch.update({f"rejected_{k}": v for k, v in side(rejected).items()})
+    flagged = [r for r, h in zip(rejected, has_rejected, strict=True) if h]
+    if flagged:
+        batch.update({f"rejected_{k}": v for k, v in side(flagged).items()})
     batch["has_rejected"] = torch.tensor(has_rejected)
     return batch
 
@@ -88,12 +92,13 @@ def hand_logps(reasoner: ORPOReasoner, batch: dict[str, torch.Tensor], name: str
 
 
 def hand_orpo(chosen: list[float], rejected: list[float], has_rejected: list[bool], weight: float = 0.1):
-    """ORPO's loss and logged terms with plain float64 math: odds = p / (1 - p)."""
+    """ORPO's loss and logged terms with plain float64 math: odds = p / (1 - p). ``rejected`` holds the
+    flagged rows' rejected sides only, in row order (the collated layout)."""
 
     def log_odds(logp: float) -> float:
         return logp - math.log(1 - math.exp(logp))
 
-    pairs = [(c, r) for c, r, h in zip(chosen, rejected, has_rejected, strict=True) if h]
+    pairs = list(zip([c for c, h in zip(chosen, has_rejected, strict=True) if h], rejected, strict=True))
     ratios = [log_odds(c) - log_odds(r) for c, r in pairs]
     log_sigmoids = [-math.log1p(math.exp(-x)) for x in ratios]
     nll = -sum(chosen) / len(chosen)
@@ -125,6 +130,34 @@ def test_loss_matches_hand_computation_on_collated_pairs(reasoner):
     for name, value in terms.items():
         # log_odds_ratio is a difference of two numbers near -11 computed in float32 (spacing about 1e-6)
         assert logged[name].item() == pytest.approx(value, rel=1e-5, abs=1e-5), name
+
+
+def test_rows_without_rejected_side_get_no_rejected_pass_and_the_same_gradient(reasoner):
+    """Rejected sides are computed for flagged rows only: the loss and every gradient equal those of ORPO on
+    rejected log-probabilities computed for every row (the unflagged rows' entries are left out anyway)."""
+    make_sure_of(reasoner)
+    sure, unsure, other = ([7, 8, SURE_TOKEN, SURE_TOKEN], 2), ([7, 8, 21, 22, 23], 2), ([7, 31, 32], 1)
+    batch = crafted_batch(
+        [sure, unsure, unsure, sure], [unsure, other, other, other], [True, False, True, False]
+    )
+    assert batch["rejected_input_ids"].shape[0] == 2
+    trainable = [p for p in reasoner.model.parameters() if p.requires_grad]
+
+    def gradients(loss):
+        reasoner.model.zero_grad(set_to_none=True)
+        loss.backward()
+        return [p.grad.clone() for p in trainable]
+
+    loss, _ = reasoner.loss(batch)
+    grads = gradients(loss)
+    every_row = crafted_batch([sure, unsure, unsure, sure], [unsure, other, other, other], [True] * 4)
+    chosen = reasoner.sequence_logprob(every_row, "chosen")
+    rejected = reasoner.sequence_logprob(every_row, "rejected")
+    reference, _ = orpo_loss(chosen, rejected, 0.1, batch["has_rejected"])
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    for grad, expected in zip(grads, gradients(reference), strict=True):
+        assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().max() > 0 for g in grads)
 
 
 def test_a_rejected_side_marked_at_its_first_error_is_compared_from_there(reasoner):
@@ -190,13 +223,8 @@ def test_logged_metrics_under_train_and_val(reasoner):
     ]
 
     def hand(batch):
-        has_rejected = batch["has_rejected"].tolist()
         chosen, rejected = hand_logps(reasoner, batch, "chosen"), hand_logps(reasoner, batch, "rejected")
-        return (
-            chosen,
-            [r for r, h in zip(rejected, has_rejected, strict=True) if h],
-            hand_orpo(chosen, rejected, has_rejected),
-        )
+        return chosen, rejected, hand_orpo(chosen, rejected, batch["has_rejected"].tolist())
 
     train_loss, train_terms = hand(train_batch)[2]
     assert train_terms["reward_accuracy"] == 0.5

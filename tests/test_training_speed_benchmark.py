@@ -116,3 +116,43 @@ def test_accumulated_micro_batches_make_one_step_record_each(bench, tmp_path, sa
     assert [s["tokens"] for s in halves["steps"]] == [s["tokens"] for s in whole["steps"]]
     with pytest.raises(SystemExit):  # 4 rows do not split into 3 micro-batches
         bench.parse_args(["--batch-size", "4", "--accumulate", "3"])
+
+
+def test_a_loop_rounds_rows_train_in_the_loops_batches_with_and_without_shared_prefixes(
+    bench, tmp_path, sapo_cache_dir
+):
+    """--sapo-pairs: sapo's ORPO trains on a round's own rows (pairs beside rows without a rejected side) in
+    the loop's length-grouped batches; --no-shared-prefix gives each side its own pass. Both count the same
+    tokens (each side whole), step by step; --prm-lora trains the PRM's adapter; TRL cannot join either."""
+    from sapo.data.preference import PreferencePair
+    from sapo.data.trajectory import write_jsonl
+
+    folder = tmp_path / "tiny"
+    model, tokenizer = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir).load()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    rows = [
+        PreferencePair(f"q{i}", f"Q{i}: {i}+1?\n", [f"{i} + 1 = {i + 1}", f"The answer is {i + 1}"])
+        for i in range(12)
+    ]
+    for pair in rows[::3]:  # a third of the rows with a rejected side, as in the demo's round 1
+        pair.rejected = ["1 + 1 = 3", "The answer is 3"]
+    pairs = write_jsonl(rows, tmp_path / "pairs_1.jsonl")
+    tokens = {}
+    for shared in ("--shared-prefix", "--no-shared-prefix"):
+        out = tmp_path / f"{shared}.json"
+        bench.main(["--smoke", "--model", str(folder), "--batch-size", "4", "--threads", "1", shared]
+                   + ["--sapo-pairs", str(pairs), "--only", "sapo-orpo,sapo-prm", "--prm-lora"]
+                   + ["--out", str(out)])  # fmt: skip
+        record = json.loads(out.read_text())
+        assert record["data"]["sapo_pairs"] == {"rows": 12, "with_rejected": 4}
+        assert record["settings"]["shared_prefix"] is (shared == "--shared-prefix")
+        assert "error" not in record["results"]["sapo-prm"]
+        tokens[shared] = [step["tokens"] for step in record["results"]["sapo-orpo"]["steps"]]
+    assert tokens["--shared-prefix"] == tokens["--no-shared-prefix"] and len(tokens["--shared-prefix"]) == 3
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sapo-pairs", str(pairs)])  # trl-orpo is among the default trainers
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sapo-pairs", str(tmp_path / "missing.jsonl"), "--only", "sapo-orpo"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--prm-lora", "--only", "sapo-prm,trl-prm"])

@@ -90,6 +90,10 @@ class PairCollator:
     before it stay in the input, as context, and carry no loss, so the rejected side's log-probability is
     ``log P(y_l[e:] | x, y_l[:e])``. Where truncation cut step ``e`` off, nothing of the error is left to
     push down, and the row counts as having no rejected side (``has_rejected`` False).
+
+    A batch where some pair has a rejected side carries ``has_rejected`` (one flag per row) and, when any flag
+    is set, ``rejected_input_ids``, ``rejected_attention_mask`` and ``rejected_labels`` with one row per set
+    flag, in row order.
     """
 
     def __init__(self, tokenizer: Any, separator: str = DEFAULT_SEPARATOR, max_length: int = 1024) -> None:
@@ -135,18 +139,19 @@ class PairCollator:
             f"chosen_{k}": v for k, v in self.pad([self.encode(p.prompt, p.chosen) for p in pairs]).items()
         }
         if any(p.rejected is not None for p in pairs):
-            # Rows without a rejected side repeat their chosen side; ``has_rejected`` keeps them out of the
-            # odds-ratio term, so they are trained with the NLL only.
-            rejected = [
+            encoded = [
                 self.encode(p.prompt, p.rejected, p.rejected_first_error or 0)
                 if p.rejected is not None
-                else self.encode(p.prompt, p.chosen)
+                else None
                 for p in pairs
             ]
             has_rejected = [
-                p.rejected is not None and any(label != IGNORE_INDEX for label in labels)
-                for p, (_, labels) in zip(pairs, rejected, strict=True)
+                side is not None and any(label != IGNORE_INDEX for label in side[1]) for side in encoded
             ]
-            batch.update({f"rejected_{k}": v for k, v in self.pad(rejected).items()})
             batch["has_rejected"] = torch.tensor(has_rejected)
+            # Only the rows that have a rejected side are padded into the rejected tensors, in row order,
+            # so that a model computes no rejected side for an SFT row.
+            rejected = [side for side, has in zip(encoded, has_rejected, strict=True) if has]
+            if rejected:
+                batch.update({f"rejected_{k}": v for k, v in self.pad(rejected).items()})
         return batch

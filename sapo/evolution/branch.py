@@ -25,12 +25,18 @@ from sapo.evolution.distributed import ONE_PROCESS, Ranks
 from sapo.evolution.run_directory import RunDirectory, RunMismatchError, read_manifest, setting_differences
 from sapo.evolution.settings import FLAG
 
-__all__ = ["RERUN_ADJUSTABLE", "begin_branch", "phase_paths", "phase_settings"]
+__all__ = ["COMPUTE_ONLY", "RERUN_ADJUSTABLE", "begin_branch", "phase_paths", "phase_settings"]
 
-#: settings a rerun of a run may change or leave out: the engine's size (``ADJUSTABLE``), where the run began
-#: (read only before its first phase, when the copy is made) and the run its report is set beside
+#: settings that change how a training phase computes, not what: the same values up to rounding, so a rerun
+#: or a branch may change them after the phases they belong to
+COMPUTE_ONLY = tuple(f"{FLAG}.{key}" for key in ("verifier.gradient_checkpointing", "orpo.shared_prefix"))
+
+#: settings a rerun of a run may change or leave out: the engine's size (``ADJUSTABLE``), how training
+#: computes (``COMPUTE_ONLY``), where the run began (read only before its first phase, when the copy is
+#: made) and the run its report is set beside
 RERUN_ADJUSTABLE = (
     *ADJUSTABLE,
+    *COMPUTE_ONLY,
     *(f"{FLAG}.{key}" for key in ("branch_from", "branch_after", "compare_with")),
 )
 
@@ -118,7 +124,7 @@ def begin_branch(
         changed = sorted(
             key
             for key in setting_differences(manifest["settings"], settings, defaults)
-            if key not in ADJUSTABLE and _depends(key, phases)
+            if key not in ADJUSTABLE and key not in COMPUTE_ONLY and _depends(key, phases)
         )
         if changed:
             raise RunMismatchError(

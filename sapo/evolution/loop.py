@@ -372,12 +372,7 @@ class SelfEvolution:
         def work() -> dict[str, Any]:
             task, settings = self.data.task, self.verifier
             module = PRMVerifier(
-                replace(
-                    self.reasoner_spec,
-                    name_or_path=str(reasoner),
-                    lora=self.verifier_lora,
-                    load_in_4bit=self.reasoner_spec.load_in_4bit and self.verifier_lora is not None,
-                ),
+                settings.backbone(self.reasoner_spec, reasoner, self.verifier_lora),
                 loss=settings.loss,
                 learning_rate=settings.learning_rate,
                 weight_decay=settings.weight_decay,
@@ -555,6 +550,8 @@ class SelfEvolution:
             "train_embeddings": phase.train_embeddings,
             "moment_dtype": phase.moment_dtype,
         }
+        if isinstance(phase, ORPOSettings):  # SFT's rows have no rejected side to share a prefix with
+            common["shared_prefix"] = phase.shared_prefix
         if loss == "dpo":
             return DPOReasoner(spec, beta=self.orpo.beta, sft_weight=self.orpo.sft_weight, **common)
         return ORPOReasoner(spec, orpo_weight=self.orpo.weight, **common)

@@ -9,9 +9,10 @@ when it is built and names the flag of a bad one. Defaults are the papers' where
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from sapo.models.backbone import LoraSettings
+from sapo.models.backbone import BackboneSpec, LoraSettings
 from sapo.models.schedule import MOMENT_DTYPES
 from sapo.rollout.vllm_backend import VLLMOptions
 from sapo.supervision import BinarySearchSupervision, FirstErrorSupervision, SupervisionStrategy
@@ -182,6 +183,11 @@ class VerifierSettings:
     """Max gradient norm (SIPF: 0.3); null: the trainer's ``gradient_clip_val``."""
     threshold: float = 0.5
     """τ: a step scored below it counts as wrong in the ProcessBench-style evaluation."""
+    gradient_checkpointing: bool | None = None
+    """Recompute the verifier's activations in the backward pass; null: as the reasoner
+    (``reasoner.gradient_checkpointing``). A LoRA verifier keeps no gradients or moments for the backbone,
+    so its activations are most of its memory, and recomputing them is a larger share of its step than of
+    a fully fine-tuned one's: turning it off trades memory for time."""
 
     def __post_init__(self) -> None:
         _at_least("verifier", 1, epochs=self.epochs)
@@ -190,6 +196,20 @@ class VerifierSettings:
         _choice("verifier", "loss", self.loss, VERIFIER_LOSSES)
         if not 0 < self.threshold < 1:
             raise ValueError(f"{FLAG}.verifier.threshold must be in (0, 1), got {self.threshold}")
+
+    def backbone(self, reasoner: BackboneSpec, checkpoint: Path, lora: LoraSettings | None) -> BackboneSpec:
+        """The verifier's backbone: the reasoner saved at ``checkpoint``, loaded as ``reasoner`` is, with the
+        adapter ``lora`` (4-bit only under one) and this verifier's own gradient checkpointing where set."""
+        checkpointing = self.gradient_checkpointing
+        return replace(
+            reasoner,
+            name_or_path=str(checkpoint),
+            lora=lora,
+            load_in_4bit=reasoner.load_in_4bit and lora is not None,
+            gradient_checkpointing=reasoner.gradient_checkpointing
+            if checkpointing is None
+            else checkpointing,
+        )
 
 
 @dataclass
@@ -300,6 +320,11 @@ class ORPOSettings:
     (:class:`~sapo.models.optim.BFloat16MomentAdamW`); its optimizer step is slower than the fused float32
     one. On the demo's round 1: a 3.62 GiB peak in the loop, 4% more time, 1.0 ± 4.4 points below float32
     moments (no measurable difference; 2026-12-07)."""
+    shared_prefix: bool = True
+    """Compute both sides of a pair in one pass, the prompt and any other tokens they share once
+    (:mod:`sapo.models.shared_prefix`): the same loss and gradients, up to rounding, for fewer tokens. It
+    applies where the reasoner's attention takes a custom mask (sdpa, eager); otherwise each side has its own
+    pass, as when off."""
 
     def __post_init__(self) -> None:
         _choice("orpo", "loss", self.loss, PREFERENCE_LOSSES)

@@ -210,8 +210,9 @@ def orpo_loss(
     if has_rejected is None:
         has_rejected = torch.ones_like(chosen_logp, dtype=torch.bool)
     nll = -chosen_logp.mean()
-    log_odds = (chosen_logp - log1mexp(chosen_logp)) - (rejected_logp - log1mexp(rejected_logp))
-    log_odds = log_odds[has_rejected]
+    # rows without a rejected side are left out before the odds: their rejected entry may be a placeholder
+    chosen, rejected = chosen_logp[has_rejected], rejected_logp[has_rejected]
+    log_odds = (chosen - log1mexp(chosen)) - (rejected - log1mexp(rejected))
     ratio_term = F.logsigmoid(log_odds).mean() if log_odds.numel() else nll.new_zeros(())
     loss = nll - weight * ratio_term
     pairs = has_rejected.float().sum().clamp(min=1)
@@ -220,8 +221,8 @@ def orpo_loss(
         "or_loss": -ratio_term.detach(),
         "log_odds_ratio": log_odds.sum().detach() / pairs,
         "chosen_logp": chosen_logp.mean().detach(),
-        "rejected_logp": (rejected_logp * has_rejected).sum().detach() / pairs,
-        "reward_accuracy": ((chosen_logp > rejected_logp) & has_rejected).float().sum().detach() / pairs,
+        "rejected_logp": rejected.sum().detach() / pairs,
+        "reward_accuracy": (chosen > rejected).float().sum().detach() / pairs,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from sapo.models.backbone import BackboneSpec
 from sapo.models.losses import chunked_labelled_logprob, dpo_loss, orpo_loss, sequence_logprob
 from sapo.models.schedule import adamw_with_linear_warmup_decay, check_moment_dtype
+from sapo.models.shared_prefix import SHARED_PREFIX_ATTENTION, shared_prefix_batch
 
 __all__ = ["DPOReasoner", "ORPOReasoner", "PAIR_TERMS", "decoder_and_head", "freeze_token_embeddings"]
 
@@ -97,6 +99,11 @@ class ORPOReasoner(L.LightningModule):
             and the papers' AdamW) or ``bfloat16``, a deviation for memory: half the optimizer state (for
             SmolLM2-135M, 0.5 GiB less), stochastically rounded
             (:class:`~sapo.models.optim.BFloat16MomentAdamW`), at a slower optimizer step.
+        shared_prefix: compute both sides of a pair in one pass, the tokens they share (the prompt, and any
+            first steps they have in common) once (:mod:`sapo.models.shared_prefix`): the same
+            log-probabilities and gradients, up to rounding, for fewer tokens. It applies where the model is
+            a plain decoder and head (:func:`decoder_and_head`) whose attention takes a custom mask (sdpa,
+            eager); elsewhere, and when off, each side has its own pass.
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class ORPOReasoner(L.LightningModule):
         warmup_ratio: float = 0.1,
         train_embeddings: bool = True,
         moment_dtype: str = "float32",
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__()
         if orpo_weight < 0:
@@ -149,12 +157,63 @@ class ORPOReasoner(L.LightningModule):
         hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
         return chunked_labelled_logprob(hidden, head, batch[f"{side}_labels"])
 
+    def rejected_logprob_and_count(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_logprob_and_count` of the rejected sides, one entry per row of the batch. The batch holds
+        rejected sides only for the rows flagged in ``has_rejected``
+        (:class:`~sapo.data.preference.PairCollator`), so only those are computed; the other rows get 0,
+        which the losses leave out through the same flags."""
+        return self._by_row(batch, *self._logprob_and_count(model, batch, "rejected"))
+
+    def _by_row(
+        self, batch: dict[str, torch.Tensor], logp: torch.Tensor, count: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flagged rows' values ``logp``, ``count`` [n] spread over the batch's rows [B], 0 elsewhere."""
+        has_rejected = batch["has_rejected"].to(logp.device)
+        return (
+            logp.new_zeros(has_rejected.shape).masked_scatter(has_rejected, logp),
+            count.new_zeros(has_rejected.shape).masked_scatter(has_rejected, count),
+        )
+
+    def pair_logprobs(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(chosen, chosen_count, rejected, rejected_count)`` of a batch with rejected sides: each side's
+        :meth:`_logprob_and_count` of ``model``, one entry per row (:meth:`rejected_logprob_and_count`).
+
+        With ``shared_prefix``, and a model that allows it, one pass over the joint layout of
+        :func:`~sapo.models.shared_prefix.shared_prefix_batch`; otherwise one pass per side."""
+        parts = decoder_and_head(model) if self.hparams.shared_prefix else None
+        implementation = getattr(parts[0].config, "_attn_implementation", None) if parts else None
+        if parts is None or implementation not in SHARED_PREFIX_ATTENTION:
+            chosen, chosen_count = self._logprob_and_count(model, batch, "chosen")
+            return chosen, chosen_count, *self.rejected_logprob_and_count(model, batch)
+        decoder, head = parts
+        joint = shared_prefix_batch(
+            batch["chosen_input_ids"],
+            batch["chosen_attention_mask"],
+            batch["rejected_input_ids"],
+            batch["rejected_attention_mask"],
+            batch["has_rejected"],
+        )
+        mask = joint.attention_mask(implementation, decoder.get_input_embeddings().weight.dtype)
+        hidden = decoder(
+            input_ids=joint.input_ids, attention_mask=mask, position_ids=joint.position_ids, use_cache=False
+        ).last_hidden_state
+        chosen, chosen_count = chunked_labelled_logprob(
+            hidden[:, : joint.chosen_width], head, batch["chosen_labels"]
+        )
+        rejected_hidden = hidden[joint.rejected_rows[:, None], joint.rejected_index]
+        rejected = chunked_labelled_logprob(rejected_hidden, head, batch["rejected_labels"])
+        return chosen, chosen_count, *self._by_row(batch, *rejected)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        chosen = self.sequence_logprob(batch, "chosen")
         if "rejected_input_ids" not in batch:
+            chosen = self.sequence_logprob(batch, "chosen")
             nll = -chosen.mean()
             return nll, {"nll": nll.detach(), "chosen_logp": chosen.mean().detach()}
-        rejected = self.sequence_logprob(batch, "rejected")
+        chosen, _, rejected, _ = self.pair_logprobs(self.model, batch)
         return orpo_loss(chosen, rejected, self.hparams.orpo_weight, batch["has_rejected"])
 
     def log_terms(
@@ -230,6 +289,8 @@ class DPOReasoner(ORPOReasoner):
         train_embeddings: train the token embeddings and the output head, as :class:`ORPOReasoner`; the
             reference is the policy as loaded either way.
         moment_dtype: how AdamW stores its moments, as :class:`ORPOReasoner`.
+        shared_prefix: both sides of a pair in one pass, for the policy and the reference, as
+            :class:`ORPOReasoner`.
     """
 
     def __init__(
@@ -242,6 +303,7 @@ class DPOReasoner(ORPOReasoner):
         warmup_ratio: float = 0.1,
         train_embeddings: bool = True,
         moment_dtype: str = "float32",
+        shared_prefix: bool = True,
     ) -> None:
         # checked before the model loads; dpo_loss checks them again
         if beta <= 0:
@@ -256,6 +318,7 @@ class DPOReasoner(ORPOReasoner):
             warmup_ratio=warmup_ratio,
             train_embeddings=train_embeddings,
             moment_dtype=moment_dtype,
+            shared_prefix=shared_prefix,
         )
         # drops ORPO's weight, which DPOReasoner does not take (load_from_checkpoint passes hparams back)
         self.save_hyperparameters(ignore="orpo_weight")
@@ -269,29 +332,40 @@ class DPOReasoner(ORPOReasoner):
             self.reference_model.eval()
         return self
 
-    def reference_logprob(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
-        """Summed log-probability of each row's labelled tokens on ``side`` under the reference, without
-        gradient."""
+    def _with_reference(self, compute: Callable[[torch.nn.Module], Any]) -> Any:
+        """``compute(model)`` under the reference, without gradient: the frozen copy, or the policy with its
+        adapter disabled."""
         with torch.no_grad():
             if self.reference_model is not None:
-                mean, count = self._logprob_and_count(self.reference_model, batch, side)
-            else:
-                with self.model.disable_adapter():
-                    mean, count = self._logprob_and_count(self.model, batch, side)
+                return compute(self.reference_model)
+            with self.model.disable_adapter():
+                return compute(self.model)
+
+    def reference_logprob(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
+        """Summed log-probability of each row's labelled tokens on ``side`` under the reference, without
+        gradient (0 for the rows without a rejected side, on that side)."""
+        if side == "rejected":
+            mean, count = self._with_reference(lambda model: self.rejected_logprob_and_count(model, batch))
+        else:
+            mean, count = self._with_reference(lambda model: self._logprob_and_count(model, batch, side))
         return mean * count
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        chosen, chosen_count = self._logprob_and_count(self.model, batch, "chosen")
+        if "rejected_input_ids" not in batch:  # times 0 when sft_weight is 0: a zero with a graph
+            chosen, _ = self._logprob_and_count(self.model, batch, "chosen")
+            nll = -chosen.mean()
+            return self.hparams.sft_weight * nll, {"nll": nll.detach(), "chosen_logp": chosen.mean().detach()}
+        chosen, chosen_count, rejected, rejected_count = self.pair_logprobs(self.model, batch)
         nll = -chosen.mean()
         row_terms = {"nll": nll.detach(), "chosen_logp": chosen.mean().detach()}
-        if "rejected_input_ids" not in batch:  # times 0 when sft_weight is 0: a zero with a graph
-            return self.hparams.sft_weight * nll, row_terms
-        rejected, rejected_count = self._logprob_and_count(self.model, batch, "rejected")
+        ref_chosen, ref_chosen_count, ref_rejected, ref_rejected_count = self._with_reference(
+            lambda model: self.pair_logprobs(model, batch)
+        )
         loss, terms = dpo_loss(
             chosen * chosen_count,
             rejected * rejected_count,
-            self.reference_logprob(batch, "chosen"),
-            self.reference_logprob(batch, "rejected"),
+            ref_chosen * ref_chosen_count,
+            ref_rejected * ref_rejected_count,
             beta=self.hparams.beta,
             has_rejected=batch["has_rejected"],
             chosen_nll=nll,
