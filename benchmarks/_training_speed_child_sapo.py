@@ -166,14 +166,8 @@ class StepMeter(L.Callback):
             self.first_start = time.perf_counter()
             self.threads = torch.get_num_threads()
         if self.kind == "orpo":
-            masks = [batch["chosen_attention_mask"]]
-            if "rejected_attention_mask" in batch:
-                rejected = batch["rejected_attention_mask"]
-                if rejected.shape[0] == batch["has_rejected"].shape[0]:
-                    # a rejected side for every row (sapo before 2026-12-07 repeated an SFT row's chosen side
-                    # there): count the flagged rows' only, so both layouts count the same trained tokens
-                    rejected = rejected[batch["has_rejected"]]
-                masks.append(rejected)
+            # the collator holds rejected sides for the rows that have one only
+            masks = [batch[k] for k in ("chosen_attention_mask", "rejected_attention_mask") if k in batch]
         else:
             masks = [batch["attention_mask"]]
         tokens, positions = self._pending

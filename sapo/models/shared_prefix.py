@@ -92,15 +92,16 @@ def shared_prefix_batch(
         )
     chosen_lengths = chosen_mask.sum(-1).tolist()
     rejected_lengths = rejected_mask.sum(-1).tolist()
+    pair_of_row = {row: k for k, row in enumerate(rows.tolist())}  # row: its rejected side
     shared = [
         _common_prefix(chosen_ids[row, : chosen_lengths[row]], rejected_ids[k, : rejected_lengths[k]])
-        for k, row in enumerate(rows.tolist())
+        for row, k in pair_of_row.items()
     ]
-    lengths = list(chosen_lengths)
-    tails: dict[int, tuple[int, int]] = {}  # row: (its rejected side, shared tokens)
-    for k, row in enumerate(rows.tolist()):
-        tails[row] = (k, shared[k])
-        lengths[row] += rejected_lengths[k] - shared[k]
+    tail_lengths = [rejected_lengths[k] - shared[k] for k in range(len(shared))]
+    lengths = [
+        n + (tail_lengths[pair_of_row[row]] if row in pair_of_row else 0)
+        for row, n in enumerate(chosen_lengths)
+    ]
     batch, width = chosen_ids.shape[0], max(max(lengths), chosen_ids.shape[1])
     input_ids = torch.zeros(batch, width, dtype=chosen_ids.dtype, device=device)
     position_ids = torch.arange(width, device=device).repeat(batch, 1)
@@ -112,19 +113,15 @@ def shared_prefix_batch(
         n_chosen = chosen_lengths[row]
         input_ids[row, :n_chosen] = chosen_ids[row, :n_chosen]
         valid[row, : lengths[row]] = True
-        if row not in tails:
+        if row not in pair_of_row:
             continue
-        k, n_shared = tails[row]
-        tail = rejected_ids[k, n_shared : rejected_lengths[k]]
-        input_ids[row, n_chosen : n_chosen + tail.numel()] = tail
-        position_ids[row, n_chosen : n_chosen + tail.numel()] = torch.arange(
-            n_shared, rejected_lengths[k], device=device
-        )
+        k = pair_of_row[row]
+        n_shared, end = shared[k], n_chosen + tail_lengths[k]
+        input_ids[row, n_chosen:end] = rejected_ids[k, n_shared : rejected_lengths[k]]
+        position_ids[row, n_chosen:end] = torch.arange(n_shared, rejected_lengths[k], device=device)
         tail_start[row], prefix_end[row] = n_chosen, n_shared
         rejected_index[k, :n_shared] = torch.arange(n_shared, device=device)
-        rejected_index[k, n_shared : rejected_lengths[k]] = torch.arange(
-            n_chosen, n_chosen + tail.numel(), device=device
-        )
+        rejected_index[k, n_shared : rejected_lengths[k]] = torch.arange(n_chosen, end, device=device)
     index = torch.arange(width, device=device)
     causal = index[None, :] <= index[:, None]  # [query, key]
     query_in_tail = index[None, :] >= tail_start[:, None]  # [B, W]
