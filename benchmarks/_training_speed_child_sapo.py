@@ -43,6 +43,7 @@ def main(config_path: str) -> None:
         dtype="float32",
         device="cpu",
         gradient_checkpointing=config["gradient_checkpointing"],
+        attention=config.get("attention"),
     )
     kind = config["kind"]
     if kind == "orpo":

@@ -13,7 +13,8 @@ Two ways to run each, on the same rows with the same settings (temperature, top_
   rows per prompt, left padding, EOS and the token budget the only stops;
 - **sampler**: :class:`sapo.rollout.TaskRolloutSampler` (rows sorted by length, one ``generate`` call per
   batch, each row stopped after its answer line, outcomes checked by the task), with its shared prefill
-  (the prefix common to a batch and each distinct prompt read once) and without it.
+  (the prefix common to a batch and each distinct prompt read once) and without it, and decoding under
+  sapo's grouped eager attention (``decode_attention="auto"`` on a CPU) or under the model's own (sdpa).
 
 Tokens are counted per row up to and including its last useful token (EOS, or the stop point): the plain
 runs also generate past the answer, which counts as tokens but is waste, so compare the seconds too. Then
@@ -202,10 +203,22 @@ def profile_one_batch(model, tokenizer, task, prompts, args) -> list[list[str]]:
     ]
 
 
-def sampler_rows(name, model, tokenizer, task, questions, prefixes, args, share_prefill) -> list[Row]:
-    """The sampler's two workloads, with or without the shared prefill."""
-    method = "sampler" if share_prefill else "sampler, no shared prefill"
-    backend = TransformersBackend(model, tokenizer, args.batch_size, share_prefill=share_prefill)
+#: the sampler's variants: (method, shared prefill, the attention ``generate`` decodes with)
+SAMPLER_VARIANTS = [
+    ("sampler, no shared prefill", False, "auto"),
+    ("sampler, decoding under the model's attention (sdpa)", True, "model"),
+    ("sampler", True, "auto"),
+]
+
+
+def sampler_rows(
+    name, model, tokenizer, task, questions, prefixes, args, method, share_prefill, decode_attention
+) -> list[Row]:
+    """The sampler's two workloads, with or without the shared prefill, decoding under ``decode_attention``
+    (``auto``: sapo's grouped eager attention on a CPU)."""
+    backend = TransformersBackend(
+        model, tokenizer, args.batch_size, share_prefill=share_prefill, decode_attention=decode_attention
+    )
     sampler = Sampler(
         model,
         tokenizer,
@@ -278,8 +291,8 @@ def main() -> None:
         rows.append(Row(name, "trajectories", "plain generate", *plain))
         plain = plain_generate(model, tokenizer, prefix_prompts, args.prefix_k, args, 1)
         rows.append(Row(name, "continuations", "plain generate", *plain))
-        for share in (False, True):
-            rows += sampler_rows(name, model, tokenizer, task, questions, prefixes, args, share)
+        for variant in SAMPLER_VARIANTS:
+            rows += sampler_rows(name, model, tokenizer, task, questions, prefixes, args, *variant)
 
         repeated = [p for p in question_prompts for _ in range(args.samples)]
         profiles[name] = profile_one_batch(model, tokenizer, task, repeated, args)

@@ -155,6 +155,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "shared_prefix, the loop's orpo.shared_prefix); TRL's has a pass per side",
     )
     parser.add_argument(
+        "--attention",
+        default=None,
+        help="sapo's attention implementation (BackboneSpec.attention: sdpa, eager, sapo_grouped_eager); "
+        "default: transformers' choice (sdpa); TRL's keeps transformers' choice",
+    )
+    parser.add_argument(
         "--prm-lora",
         action="store_true",
         help="sapo's PRM trains a LoRA adapter (r 16, alpha 32, dropout 0.05, every linear layer: SIPF's, the "
@@ -557,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
                 "train_embeddings": args.train_embeddings,
                 "moment_dtype": args.moment_dtype,
                 "shared_prefix": args.shared_prefix,
+                "attention": args.attention,
                 "prm_lora": args.prm_lora,
                 "release_heap": args.release_heap,
                 "free_gradients": args.free_gradients,

@@ -362,3 +362,22 @@ def test_the_verifier_recomputes_activations_as_its_own_setting_says(sapo_cache_
     verifier = loop.verifier.backbone(loop.reasoner_spec, tmp_path / "reasoner", loop.verifier_lora)
     assert verifier.gradient_checkpointing is (True if setting is None else setting)
     assert verifier.name_or_path == str(tmp_path / "reasoner") and verifier.lora == loop.verifier_lora
+
+
+def test_the_verifier_trains_and_scores_with_the_reasoners_attention(sapo_cache_dir, tmp_path):
+    """reasoner.attention reaches the verifier's backbone and the verifier the loop loads to score."""
+    from sapo.data.tasks.arithmetic import ArithmeticTask
+    from sapo.evolution import SAPSDataModule, SelfEvolution
+    from sapo.models import PRMVerifier
+    from sapo.rollout.attention import GROUPED_EAGER
+
+    reasoner = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir, attention=GROUPED_EAGER)
+    loop = SelfEvolution(reasoner)
+    spec = loop.verifier.backbone(loop.reasoner_spec, tmp_path / "reasoner", loop.verifier_lora)
+    assert spec.attention == GROUPED_EAGER
+    PRMVerifier(BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir)).save_pretrained(
+        tmp_path / "verifier"
+    )
+    loop.data, loop._prompts = SAPSDataModule(task=ArithmeticTask(num_questions=4)), None  # as fit sets them
+    loaded = loop._load_verifier(tmp_path / "verifier")
+    assert loaded.model.config._attn_implementation == GROUPED_EAGER

@@ -1,7 +1,9 @@
 """Both sides of a pair in one pass: the joint layout, and the same log-probabilities and gradients as one
-pass per side, for ORPO and DPO, under sdpa and eager attention."""
+pass per side, for ORPO and DPO, under sdpa, eager and sapo's grouped eager attention."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from sapo.data.preference import PairCollator, PreferencePair
 from sapo.models import TINY_RANDOM, BackboneSpec
 from sapo.models.reasoner import DPOReasoner, ORPOReasoner
 from sapo.models.shared_prefix import shared_prefix_batch
+from sapo.rollout.attention import GROUPED_EAGER
 
 #: pairs whose sides share the prompt only, the prompt and a right first step (marked at its first error),
 #: or nothing but the prompt with a shorter rejected side; and a row without a rejected side
@@ -76,11 +79,11 @@ def _logprobs_and_gradients(module: ORPOReasoner, batch: dict[str, torch.Tensor]
     return (chosen.detach(), chosen_count, rejected.detach(), rejected_count), grads
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", GROUPED_EAGER])
 def test_one_joint_pass_gives_each_sides_log_probabilities_and_gradients(spec, attention):
     torch.manual_seed(0)
-    module = ORPOReasoner(spec)
-    module.model.set_attn_implementation(attention)
+    module = ORPOReasoner(replace(spec, attention=attention))
+    assert module.model.config._attn_implementation == attention
     batch = PairCollator(module.tokenizer, "\n", max_length=64)(PAIRS)
     (separate, separate_grads), (joint, joint_grads) = (
         _logprobs_and_gradients(module, batch, shared) for shared in (False, True)

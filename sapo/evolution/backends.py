@@ -116,7 +116,10 @@ class ReasonerBackends:
         if self.kind == "transformers":
             model, tokenizer = self._load_frozen(folder)
             rows = batch_size or self.settings.batch_size
-            return TransformersBackend(model, tokenizer, rows), tokenizer
+            backend = TransformersBackend(
+                model, tokenizer, rows, decode_attention=self.settings.decode_attention
+            )
+            return backend, tokenizer
         tokenizer = load_tokenizer(str(folder), cache_dir=self._reasoner.cache_dir)
         if self.engine is None:
             options: VLLMOptions = self.settings.vllm

@@ -557,7 +557,7 @@ class SelfEvolution:
         return ORPOReasoner(spec, orpo_weight=self.orpo.weight, **common)
 
     def _load_verifier(self, folder: Path) -> PRMVerifier:
-        options = {"dtype": frozen_dtype(self.reasoner_spec)}
+        options = {"dtype": frozen_dtype(self.reasoner_spec), "attention": self.reasoner_spec.attention}
         if self.reasoner_spec.device:
             options["device"] = self.reasoner_spec.device
         verifier = PRMVerifier.from_pretrained(folder, backbone_options=options, prompt=self._task_prompts())

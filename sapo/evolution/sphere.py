@@ -246,7 +246,9 @@ class SphereEvolution(SelfEvolution):
             return None
         model, _ = self._diversity_spec().load()
         model.eval()
-        return TransformersBackend(model, tokenizer, self.search.batch_size)
+        return TransformersBackend(
+            model, tokenizer, self.search.batch_size, decode_attention=self.sampling.decode_attention
+        )
 
     def _diversity_spec(self) -> BackboneSpec:
         """The second model, loaded as the reasoner's frozen copies are (dtype, device), without adapters."""

@@ -16,13 +16,20 @@ import transformers
 from packaging.version import Version
 from transformers import PreTrainedModel
 
+from sapo.rollout.attention import GROUPED_EAGER, register_grouped_eager
+
 if TYPE_CHECKING:
     from sapo.models.backbone import BackboneSpec, LoraSettings
 
 
 def _apply_options(model: PreTrainedModel, tokenizer, spec: BackboneSpec, dtype: torch.dtype):
-    """Pad token, device, gradient checkpointing, 4-bit training fix and LoRA, in the order peft expects."""
+    """Pad token, attention, device, gradient checkpointing, 4-bit training fix and LoRA, in the order peft
+    expects."""
     _ensure_pad_token(model, tokenizer)
+    if spec.attention is not None:
+        if spec.attention == GROUPED_EAGER:
+            register_grouped_eager()
+        model.set_attn_implementation(spec.attention)
     if not spec.load_in_4bit:
         model.to(spec.device)
     if spec.load_in_4bit and spec.device.startswith("cpu"):

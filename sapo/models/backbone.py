@@ -64,6 +64,7 @@ from sapo.models._options import (
     _require_gguf_package,
 )
 from sapo.models._tiny import _TINY_PATTERN, TINY_RANDOM, _ensure_tiny_random, tiny_random_config
+from sapo.rollout.attention import attention_names
 
 __all__ = [
     "CACHE_FORMAT",
@@ -169,6 +170,12 @@ class BackboneSpec:
         load_in_4bit: quantise linear layers to 4-bit NF4 with bitsandbytes (QLoRA when ``lora`` is set).
             Not available for ``.gguf`` files: convert them first.
         gradient_checkpointing: recompute activations in backward to save memory (non-reentrant).
+        attention: the attention implementation to run the model with; null: transformers' choice (sdpa).
+            ``sapo_grouped_eager`` (:func:`~sapo.rollout.attention.grouped_eager_attention`: eager's values,
+            key/value heads read in place) ran the ORPO step 1.07x and the LoRA verifier's 1.17x faster than
+            sdpa on 2 CPU cores (SmolLM2-135M, rows of about 150 tokens); it keeps a layer's attention
+            weights ``[batch, heads, tokens, tokens]``, so at long rows without gradient checkpointing sdpa
+            needs far less memory. Also ``eager``, ``sdpa``, or any name transformers has registered.
         cache_dir: where converted and generated checkpoints live; default ``$SAPO_CACHE`` or
             ``~/.cache/sapo``.
         seed: initialisation seed of the tiny random models (ignored for trained weights).
@@ -180,6 +187,7 @@ class BackboneSpec:
     lora: LoraSettings | None = None
     load_in_4bit: bool = False
     gradient_checkpointing: bool = False
+    attention: str | None = None
     cache_dir: str | None = None
     seed: int = 0
 
@@ -188,6 +196,8 @@ class BackboneSpec:
             raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
         if isinstance(self.lora, dict):  # plain dicts from YAML or keyword arguments
             self.lora = LoraSettings(**self.lora)
+        if self.attention is not None and self.attention not in attention_names():
+            raise ValueError(f"attention must be null or one of {attention_names()}, got {self.attention!r}")
 
     def load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """Load the model and tokenizer; raises :class:`ModelLoadError` naming the input on failure."""

@@ -103,7 +103,7 @@ class ORPOReasoner(L.LightningModule):
             first steps they have in common) once (:mod:`sapo.models.shared_prefix`): the same
             log-probabilities and gradients, up to rounding, for fewer tokens. It applies where the model is
             a plain decoder and head (:func:`decoder_and_head`) whose attention takes a custom mask (sdpa,
-            eager); elsewhere, and when off, each side has its own pass.
+            eager, sapo_grouped_eager); elsewhere, and when off, each side has its own pass.
     """
 
     def __init__(

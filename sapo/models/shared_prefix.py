@@ -22,11 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
+from sapo.rollout.attention import GROUPED_EAGER
+
 __all__ = ["SHARED_PREFIX_ATTENTION", "SharedPrefixBatch", "shared_prefix_batch"]
 
 #: attention implementations that take an arbitrary 4D mask: ``sdpa`` a boolean one (True: may attend),
-#: ``eager`` an additive one (0 or the dtype's lowest value); others (flash attention, flex) do not
-SHARED_PREFIX_ATTENTION = frozenset({"sdpa", "eager"})
+#: ``eager`` and sapo's grouped eager an additive one (0 or the dtype's lowest value); others (flash
+#: attention, flex) do not
+SHARED_PREFIX_ATTENTION = frozenset({"sdpa", "eager", GROUPED_EAGER})
 
 
 @dataclass
@@ -58,7 +61,7 @@ class SharedPrefixBatch:
         """The [B, 1, W, W] mask ``implementation`` takes (one of :data:`SHARED_PREFIX_ATTENTION`)."""
         if implementation == "sdpa":
             return self.allowed[:, None]
-        if implementation == "eager":
+        if implementation in ("eager", GROUPED_EAGER):
             blocked = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
             return blocked.masked_fill_(~self.allowed, torch.finfo(dtype).min)[:, None]
         raise ValueError(

@@ -1,6 +1,7 @@
 """Generation: batched, seeded, costed sampling of trajectories and of continuations from step prefixes, and
 step-level tree search pruned by a verifier."""
 
+from sapo.rollout.attention import GROUPED_EAGER, grouped_eager_attention
 from sapo.rollout.generate import (
     Generation,
     StopRule,
@@ -31,6 +32,7 @@ from sapo.rollout.vllm_backend import VLLMBackend, VLLMEngine, VLLMEngineError, 
 
 __all__ = [
     "FROM_TASK",
+    "GROUPED_EAGER",
     "Generation",
     "GenerationBackend",
     "Sampler",
@@ -51,6 +53,7 @@ __all__ = [
     "deduplicate",
     "derive_seed",
     "generate_batched",
+    "grouped_eager_attention",
     "shared_prefill",
     "step_stop_rule",
     "task_stop_rule",

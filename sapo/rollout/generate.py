@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from sapo.data.trajectory import Cost
+from sapo.rollout.attention import attention_implementation, resolve_decode_attention
 
 __all__ = [
     "Generation",
@@ -132,6 +133,7 @@ def generate_batched(
     description: str = "generating",
     cost: Cost | None = None,
     share_prefill: bool = True,
+    decode_attention: str = "auto",
 ) -> list[Generation]:
     """Complete every prompt (in input order); greedy when ``temperature == 0``, else sampled with
     ``temperature`` and nucleus ``top_p`` (no top-k cut).
@@ -150,6 +152,13 @@ def generate_batched(
             once). Off: ``generate`` reads every row's prompt itself, as plain batched generation does. The
             two give the same distribution of samples (and, up to floating-point summation order, the same
             greedy completions).
+        decode_attention: the attention implementation ``generate`` decodes with, after the prefill
+            (:func:`~sapo.rollout.attention.resolve_decode_attention`): ``"auto"`` decodes with
+            :data:`~sapo.rollout.attention.GROUPED_EAGER` on a CPU (the same attention as eager, its
+            key/value heads read in place; sampling 1.6-2.7x faster than under sdpa on 2 cores) and with the
+            model's own implementation elsewhere; ``"model"``: the model's own. With ``share_prefill`` the
+            prompts are read with the model's own implementation either way (without it ``generate`` reads
+            them, under ``decode_attention``).
     """
     call_cost = Cost(calls=1)
     started = time.perf_counter()
@@ -171,6 +180,7 @@ def generate_batched(
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     )
     device = model.device
+    decoding = resolve_decode_attention(model, decode_attention)
     results: list[Generation | None] = [None] * len(prompts)
     triggers: dict[int, bool] = {}  # token id -> its text contains the rule's trigger (shared by the batches)
     was_training = model.training
@@ -188,7 +198,7 @@ def generate_batched(
             input_ids, attention_mask = prefill.input_ids, prefill.attention_mask
             width = input_ids.shape[1]
             watcher = _StopWatcher(tokenizer, rule, width, end_ids, triggers) if rule is not None else None
-            with _seeded(seed, batch_index, device):
+            with _seeded(seed, batch_index, device), attention_implementation(model, decoding):
                 out = model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,

@@ -71,12 +71,13 @@ class GenerationBackend(Protocol):
 @dataclass
 class TransformersBackend:
     """The default backend: :func:`~sapo.rollout.generate.generate_batched` on an in-memory model (with its
-    shared prefill unless ``share_prefill`` is off)."""
+    shared prefill unless ``share_prefill`` is off, decoding with ``decode_attention``: see there)."""
 
     model: Any
     tokenizer: Any
     batch_size: int = 32
     share_prefill: bool = True
+    decode_attention: str = "auto"
 
     def __call__(self, prompts: Sequence[str], **settings: Any) -> list[Generation]:
         return generate_batched(
@@ -85,6 +86,7 @@ class TransformersBackend:
             prompts,
             batch_size=self.batch_size,
             share_prefill=self.share_prefill,
+            decode_attention=self.decode_attention,
             **settings,
         )
 
