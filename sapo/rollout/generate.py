@@ -157,8 +157,9 @@ def generate_batched(
             :data:`~sapo.rollout.attention.GROUPED_EAGER` on a CPU (the same attention as eager, its
             key/value heads read in place; sampling 1.6-2.7x faster than under sdpa on 2 cores) and with the
             model's own implementation elsewhere; ``"model"``: the model's own. With ``share_prefill`` the
-            prompts are read with the model's own implementation either way (without it ``generate`` reads
-            them, under ``decode_attention``).
+            prompts are read with the model's own implementation either way; without it ``generate`` reads
+            them under ``decode_attention``, which for eager-style attention keeps ``[rows, heads, prompt,
+            prompt]`` attention weights a layer (large for long prompts).
     """
     call_cost = Cost(calls=1)
     started = time.perf_counter()
