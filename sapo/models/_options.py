@@ -16,7 +16,7 @@ import transformers
 from packaging.version import Version
 from transformers import PreTrainedModel
 
-from sapo.rollout.attention import GROUPED_EAGER, register_grouped_eager
+from sapo.rollout.attention import set_attention
 
 if TYPE_CHECKING:
     from sapo.models.backbone import BackboneSpec, LoraSettings
@@ -27,9 +27,7 @@ def _apply_options(model: PreTrainedModel, tokenizer, spec: BackboneSpec, dtype:
     expects."""
     _ensure_pad_token(model, tokenizer)
     if spec.attention is not None:
-        if spec.attention == GROUPED_EAGER:
-            register_grouped_eager()
-        model.set_attn_implementation(spec.attention)
+        set_attention(model, spec.attention)
     if not spec.load_in_4bit:
         model.to(spec.device)
     if spec.load_in_4bit and spec.device.startswith("cpu"):

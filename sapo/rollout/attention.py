@@ -31,9 +31,10 @@ __all__ = [
     "GROUPED_EAGER_MODEL_TYPES",
     "attention_implementation",
     "attention_names",
-    "resolve_decode_attention",
     "grouped_eager_attention",
     "register_grouped_eager",
+    "resolve_decode_attention",
+    "set_attention",
 ]
 
 #: the name :func:`register_grouped_eager` registers :func:`grouped_eager_attention` under in transformers
@@ -128,17 +129,22 @@ def resolve_decode_attention(model: Any, requested: str = "auto") -> str | None:
     return requested
 
 
+def set_attention(model: Any, name: str) -> None:
+    """Set ``model``'s attention implementation to ``name``, registering :data:`GROUPED_EAGER` first."""
+    if name == GROUPED_EAGER:
+        register_grouped_eager()
+    model.set_attn_implementation(name)
+
+
 @contextmanager
 def attention_implementation(model: Any, name: str | None) -> Iterator[None]:
-    """Run the block with ``model``'s attention set to ``name`` (registered first if it is
-    :data:`GROUPED_EAGER`), then set it back; ``None`` or the model's own name changes nothing."""
+    """Run the block with ``model``'s attention set to ``name`` (:func:`set_attention`), then set it back;
+    ``None`` or the model's own name changes nothing."""
     previous = _implementation(model)
     if name is None or name == previous:
         yield
         return
-    if name == GROUPED_EAGER:
-        register_grouped_eager()
-    model.set_attn_implementation(name)
+    set_attention(model, name)
     try:
         yield
     finally:
