@@ -27,6 +27,7 @@ import sys
 import textwrap
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import yaml
@@ -37,6 +38,7 @@ from sapo.data.trajectory import TrajectoryFormatError
 from sapo.eval.runners import Evaluation, metrics_table
 from sapo.evolution import SelfEvolution
 from sapo.evolution.run_directory import RunMismatchError
+from sapo.models import precision as machine_precision
 from sapo.models.backbone import ModelLoadError
 
 __all__ = ["SapoCLI", "main"]
@@ -128,6 +130,22 @@ class SapoCLI(LightningCLI):
         # Without --config, --print_config prints the loop with sapo's defaults rather than an empty model
         # and data.
         parser.set_defaults(DEFAULTS)
+        choices = Literal[machine_precision.EMULATED_BFLOAT16_CHOICES]  # type: ignore[valid-type]
+        text = machine_precision.EMULATED_BFLOAT16_HELP
+        parser.add_argument("--emulated_bfloat16", type=choices, default="float32", help=text)
+
+    def before_instantiate_classes(self) -> None:
+        """``trainer.precision`` as :func:`~sapo.models.precision.precision_on_this_machine` decides, before
+        the trainer is built; a change is said on stderr."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        choice = config.get("emulated_bfloat16", "float32") if trainer is not None else "keep"
+        precision, note = machine_precision.precision_on_this_machine(
+            trainer and trainer.get("precision"), trainer and trainer.get("accelerator"), choice
+        )
+        if note is not None:
+            trainer.precision = precision
+            print(f"sapo: {note}", file=sys.stderr)
 
     def instantiate_classes(self) -> None:
         """Lightning's, with the parsed config kept on a failing constructor's error

@@ -159,7 +159,7 @@ def test_tiny_random_size_is_read_from_the_name(sapo_cache_dir):
 
 
 def test_auto_dtype_keeps_fully_trained_weights_in_float32():
-    fast_bf16 = _options._computes_bfloat16_fast("cpu")
+    fast_bf16 = _options.computes_bfloat16_fast("cpu")
     assert resolve_dtype("auto", "cpu", base_is_frozen=False) == torch.float32
     assert resolve_dtype("auto", "cpu", base_is_frozen=True) == (
         torch.bfloat16 if fast_bf16 else torch.float32

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from sapo import cli
 from sapo.cli import SapoCLI
+from sapo.models import precision as precision_module
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SAPO = Path(sys.executable).parent / "sapo"
@@ -168,6 +169,49 @@ def test_every_recipe_builds_and_its_task_gives_gold_solutions(recipe, tmp_path,
     assert gold.steps and gold.labels == [1.0] * len(gold.steps)
     # The gold solution, written out as a completion, passes the task's own check.
     assert task.trajectory(questions[0], task.completion_text(gold.steps)).outcome is True
+
+
+@pytest.mark.parametrize(
+    ("precision", "accelerator", "choice", "fast", "expected"),
+    [
+        ("bf16-mixed", "cpu", "float32", False, "32-true"),
+        ("bf16-true", "auto", "float32", False, "32-true"),  # auto on a machine without a GPU: the CPU
+        ("bf16", "cpu", "float32", False, "32-true"),
+        ("bf16-mixed", "cpu", "keep", False, "bf16-mixed"),
+        ("bf16-mixed", "cpu", "float32", True, "bf16-mixed"),  # avx512_bf16 or AMX: bfloat16 is fast
+        ("bf16-mixed", "gpu", "float32", False, "bf16-mixed"),
+        ("32-true", "cpu", "float32", False, "32-true"),
+        ("16-mixed", "cpu", "float32", False, "16-mixed"),
+    ],
+)
+def test_bfloat16_runs_as_float32_only_on_a_cpu_that_emulates_it(
+    precision, accelerator, choice, fast, expected, monkeypatch
+):
+    monkeypatch.setattr(precision_module, "computes_bfloat16_fast", lambda device: fast)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    resolved, note = precision_module.precision_on_this_machine(precision, accelerator, choice)
+    assert resolved == expected
+    assert (note is not None) == (resolved != precision)
+    if note is not None:
+        assert f"trainer.precision {precision} runs as 32-true" in note and "emulated_bfloat16: keep" in note
+    with pytest.raises(ValueError, match="emulated_bfloat16 must be one of"):
+        precision_module.precision_on_this_machine(precision, accelerator, "bfloat16")
+
+
+@pytest.mark.parametrize(("choice", "expected"), [(None, "32-true"), ("keep", "bf16-mixed")])
+def test_the_command_builds_its_trainer_in_float32_where_bfloat16_is_emulated(
+    choice, expected, tmp_path, monkeypatch, capsys, sapo_cache_dir
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(precision_module, "computes_bfloat16_fast", lambda device: False)
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "--trainer.precision", "bf16-mixed"]
+    args += ["--model.init_args.reasoner.cache_dir", sapo_cache_dir]
+    if choice is not None:
+        args += ["--emulated_bfloat16", choice]
+    built = SapoCLI(args=args, run=False)
+    assert built.trainer.precision == expected
+    said = capsys.readouterr().err
+    assert ("sapo: trainer.precision bf16-mixed runs as 32-true" in said) == (expected == "32-true")
 
 
 # --- the console command: one-line errors, --print_config with comments, help, quiet output -----------------

@@ -137,8 +137,10 @@ def _keep_4bit_cpu_layers_trainable(model: PreTrainedModel) -> None:
             module.register_forward_pre_hook(restore_training_layout)
 
 
-def _computes_bfloat16_fast(device: str) -> bool:
-    """CUDA with native bf16, or a CPU whose oneDNN has bf16 kernels (avx512_bf16 or AMX)."""
+def computes_bfloat16_fast(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: CUDA with bf16 support, or a CPU whose oneDNN has bf16
+    kernels (avx512_bf16 or AMX). Elsewhere (an AVX2-only CPU) torch emulates bfloat16, far slower than
+    float32 (``benchmarks/emulated_bfloat16.py``)."""
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.startswith("cpu"):

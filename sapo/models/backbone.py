@@ -58,10 +58,10 @@ from sapo.models._gguf import (
 from sapo.models._model_cache import CACHE_FORMAT, MANIFEST_NAME, _ensure_cache_entry
 from sapo.models._options import (
     _apply_options,
-    _computes_bfloat16_fast,
     _dtype_keyword,
     _four_bit_config,
     _require_gguf_package,
+    computes_bfloat16_fast,
 )
 from sapo.models._tiny import _TINY_PATTERN, TINY_RANDOM, _ensure_tiny_random, tiny_random_config
 from sapo.rollout.attention import attention_names
@@ -79,6 +79,7 @@ __all__ = [
     "LoadedBackbone",
     "LoraSettings",
     "ModelLoadError",
+    "computes_bfloat16_fast",
     "convert_gguf_to_checkpoint",
     "default_cache_dir",
     "load_backbone",
@@ -279,7 +280,7 @@ def resolve_dtype(dtype: str, device: str, base_is_frozen: bool) -> torch.dtype:
     """
     if dtype != "auto":
         return DTYPES[dtype]
-    if base_is_frozen and _computes_bfloat16_fast(device):
+    if base_is_frozen and computes_bfloat16_fast(device):
         return torch.bfloat16
     return torch.float32
 
