@@ -139,9 +139,10 @@ class SapoCLI(LightningCLI):
         the trainer is built; a change is said on stderr."""
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         trainer = config.get("trainer") if config is not None else None
-        choice = config.get("emulated_bfloat16", "float32") if trainer is not None else "keep"
+        if trainer is None:
+            return
         precision, note = machine_precision.precision_on_this_machine(
-            trainer and trainer.get("precision"), trainer and trainer.get("accelerator"), choice
+            trainer.get("precision"), trainer.get("accelerator"), config.get("emulated_bfloat16", "float32")
         )
         if note is not None:
             trainer.precision = precision

@@ -37,7 +37,8 @@ EMULATED_BFLOAT16_HELP = (
 
 
 def _runs_on_a_cpu(accelerator: object) -> bool:
-    """Whether a trainer given ``accelerator`` (a name, or an accelerator's config) runs on a CPU."""
+    """Whether a trainer given the accelerator name ``accelerator`` runs on a CPU (``auto``: when no CUDA or
+    MPS device is present); an accelerator object or class path is taken as not a CPU and left alone."""
     if accelerator is None or accelerator == "auto":
         gpu = torch.cuda.is_available() or (
             getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
