@@ -60,6 +60,23 @@ def loop_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def fit_in_this_process(command: list[str], cwd: Path) -> None:
+    """Run a ``sapo fit`` command line (``[sapo, "fit", ...]``, as the subprocess tests build it) in the test
+    process, from ``cwd``, on one torch thread as :func:`loop_env` gives a subprocess: the imports are then
+    paid once per test worker, not once per run (about 10 s a run on a 2-core Zen 3). For runs that are not
+    killed; a run that is killed, or launched on several processes, needs a process of its own."""
+    from sapo.cli import SapoCLI
+
+    previous, threads = Path.cwd(), torch.get_num_threads()
+    os.chdir(cwd)
+    torch.set_num_threads(1)
+    try:
+        SapoCLI(args=command[1:])
+    finally:
+        os.chdir(previous)
+        torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     """pytest-xdist's workers share the cores: each gets its share of torch threads, and so do the
     subprocesses the tests start (``OMP_NUM_THREADS``); oversubscribed threads slow torch about 10x."""

@@ -364,3 +364,34 @@ def test_tokenizer_alone_does_not_convert_the_model(tmp_path, sapo_cache_dir):
     assert not (cache / PACKAGED_SMOLLM2).exists()
     with pytest.raises(ModelLoadError, match="missing.gguf"):
         load_tokenizer(str(tmp_path / "missing.gguf"))
+
+
+def test_a_tokenizer_read_before_is_copied_and_one_whose_files_changed_is_read_again(
+    sapo_cache_dir, tmp_path, monkeypatch
+):
+    from transformers import AutoTokenizer
+
+    source = Path(load_tokenizer(PACKAGED_SMOLLM2, cache_dir=sapo_cache_dir).name_or_path)
+    first, second = tmp_path / "sft", tmp_path / "iteration_1"  # the same tokenizer saved by two phases
+    for folder in (first, second):
+        shutil.copytree(source, folder)
+        (folder / "chat_template.jinja").write_text(f"{tmp_path}: " + "{{ messages[0]['content'] }}")
+    reads = []
+    real = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: reads.append(a) or real(*a, **k))
+
+    a, b = load_tokenizer(str(first)), load_tokenizer(str(second))
+    assert len(reads) == 1  # the second folder's files are the first's: not read again
+    assert (a.name_or_path, b.name_or_path) == (str(first), str(second))
+    assert a is not b and a("12 + 3 = 15")["input_ids"] == b("12 + 3 = 15")["input_ids"]
+    side = b.padding_side
+    a.padding_side, a.pad_token = "left" if side == "right" else "right", "<|im_start|>"
+    again = load_tokenizer(str(first))  # what a caller changes stays its own
+    assert b.padding_side == again.padding_side == side and b.pad_token == again.pad_token != "<|im_start|>"
+
+    (second / "chat_template.jinja").write_text("{{ messages[0]['content'] }}!")  # not read before
+    changed = load_tokenizer(str(second))
+    assert (
+        len(reads) == 2
+        and changed.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "hi!"
+    )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import benchmark_script, loop_env
+from conftest import benchmark_script, fit_in_this_process, loop_env
 
 from sapo.eval.reasoner import paired_difference
 from sapo.evolution.branch import begin_branch, phase_paths, phase_settings
@@ -322,14 +321,12 @@ def test_the_reproduction_runs_arms_begun_from_the_method_on_the_smoke_recipe(tm
         "--model.init_args.reasoner.cache_dir",
         sapo_cache_dir,
     ]
-    result = subprocess.run(command, env=loop_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    fit_in_this_process(command, tmp_path)
     assert not [e for e in _events(runs / "rft")[before:] if e["event"] == "start"]
 
     # so does a rerun without the flags that began it: they are read before the branch's first phase only
     flags = {"--model.init_args.branch_from", "--model.init_args.branch_after"}
     bare = [a for i, a in enumerate(command) if a not in flags and command[i - 1] not in flags]
     assert len(bare) == len(command) - 4
-    result = subprocess.run(bare, env=loop_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    fit_in_this_process(bare, tmp_path)
     assert not [e for e in _events(runs / "rft")[before:] if e["event"] == "start"]

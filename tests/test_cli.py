@@ -10,6 +10,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -216,18 +217,29 @@ def test_the_command_builds_its_trainer_in_float32_where_bfloat16_is_emulated(
 
 # --- the console command: one-line errors, --print_config with comments, help, quiet output -----------------
 
+NOISE = ("GPU available", "TPU available", "litlogger", "FutureWarning")
 
-def _console(*args: str, cwd: Path, debug: bool = False) -> subprocess.CompletedProcess:
-    """Run the installed `sapo` command (the environment passes through, PYTHONPATH included)."""
-    env = {key: value for key, value in os.environ.items() if key != "SAPO_DEBUG"}
-    if debug:
-        env["SAPO_DEBUG"] = "1"
-    return subprocess.run([str(SAPO), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-
-
-def _nothing_started(workdir: Path) -> bool:
-    """No run directory, log or saved config appeared in the command's working directory."""
-    return not any(workdir.iterdir())
+#: the bad values of test_a_bad_value_is_one_line_naming_the_key: id -> (override, the whole message)
+BAD_VALUES = {
+    "k": (
+        ["--model.init_args.labelling.strategy.init_args.k", "-2"],
+        # the strategy's own message names no key: the command finds the one component it came from
+        "sapo: error: model.init_args.labelling.strategy.init_args.k must be at least 1, got -2\n",
+    ),
+    "margin": (
+        ["--model.init_args.pairs.margin", "1.5"],
+        "sapo: error: model.init_args.pairs.margin must be in [0, 1] (a difference of mean step scores), "
+        "got 1.5\n",
+    ),
+    "unknown-key": (
+        ["--model.init_args.pairs.marginn", "0.3"],
+        "sapo: error: unknown key model.init_args.pairs.marginn\n",
+    ),
+    "type": (
+        ["--data.init_args.batch_size", "many"],
+        "sapo: error: data.init_args.batch_size: Expected a <class 'int'>. Got value: many\n",
+    ),
+}
 
 
 def _smoke(workdir: Path, *override: str) -> list[str]:
@@ -241,78 +253,89 @@ def _smoke(workdir: Path, *override: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        (
-            ["--model.init_args.labelling.strategy.init_args.k", "-2"],
-            # the strategy's own message names no key: the command finds the one component it came from
-            "sapo: error: model.init_args.labelling.strategy.init_args.k must be at least 1, got -2\n",
+@pytest.fixture(scope="module")
+def console(tmp_path_factory) -> dict:
+    """What the command printed and returned for each console call of the tests below, by name (each with its
+    own empty working directory ``<root>/<name>``, and ``root`` itself). The calls run one after the other in
+    one interpreter (tests/console_calls.py): a process each would spend about 10 s each on imports."""
+    root = tmp_path_factory.mktemp("console")
+    (root / "broken.yaml").write_text("model:\n  init_args:\n    pairs: {margin: 0.3\n    run_dir: x\n")
+    banner = _smoke(
+        root / "banner", "--ckpt_path", str(root / "last.ckpt")
+    )  # refused once the trainer is built
+    calls = {  # name -> (args, SAPO_DEBUG); the calls with SAPO_DEBUG first (see console_calls.py)
+        "debug": (_smoke(root / "debug", *BAD_VALUES["k"][0]), True),
+        "banner-loud": (banner, True),
+        "banner": (banner, False),
+        **{
+            f"bad-{name}": (_smoke(root / f"bad-{name}", *override), False)
+            for name, (override, _) in BAD_VALUES.items()
+        },
+        "missing": (["fit", "--config", str(root / "nosuch.yaml")], False),
+        "yaml": (
+            ["fit", "--config", str(CONFIGS / "smoke.yaml"), "--config", str(root / "broken.yaml")],
+            False,
         ),
-        (
-            ["--model.init_args.pairs.margin", "1.5"],
-            "sapo: error: model.init_args.pairs.margin must be in [0, 1] (a difference of mean step scores), "
-            "got 1.5\n",
-        ),
-        (
-            ["--model.init_args.pairs.marginn", "0.3"],
-            "sapo: error: unknown key model.init_args.pairs.marginn\n",
-        ),
-        (
-            ["--data.init_args.batch_size", "many"],
-            "sapo: error: data.init_args.batch_size: Expected a <class 'int'>. Got value: many\n",
-        ),
-    ],
-    ids=["k", "margin", "unknown-key", "type"],
-)
-def test_a_bad_value_is_one_line_naming_the_key(override, message, tmp_path):
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    result = _console(*_smoke(workdir, *override), cwd=workdir)
+        "print-config": (["fit", "--print_config"], False),
+        "print-config-plain": (["fit", "--print_config="], False),  # jsonargparse's flags still work
+        "fit-help": (["fit", "--help"], False),
+    }
+    listed = []
+    for name, (args, debug) in calls.items():
+        workdir = root / ("banner" if name.startswith("banner") else name)
+        workdir.mkdir(exist_ok=True)
+        listed.append({"name": name, "args": args, "cwd": str(workdir), "debug": debug})
+    (root / "calls.json").write_text(json.dumps(listed))
+    env = {key: value for key, value in os.environ.items() if key != "SAPO_DEBUG"}
+    script = Path(__file__).with_name("console_calls.py")
+    subprocess.run(
+        [sys.executable, str(script), str(root / "calls.json"), str(root / "results.json")],
+        env=env, cwd=root, check=True, timeout=600,
+    )  # fmt: skip
+    results = json.loads((root / "results.json").read_text())
+    return {"root": root, **{name: SimpleNamespace(**result) for name, result in results.items()}}
+
+
+def _nothing_started(workdir: Path) -> bool:
+    """No run directory, log or saved config appeared in the command's working directory."""
+    return not any(workdir.iterdir())
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_a_bad_value_is_one_line_naming_the_key(name, console):
+    result, message = console[f"bad-{name}"], BAD_VALUES[name][1]
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr and "usage:" not in result.stderr
     assert len(result.stderr.splitlines()) <= 2  # the message, after Lightning's "Seed set to 0"
-    assert _nothing_started(workdir)
+    assert _nothing_started(console["root"] / f"bad-{name}")
 
 
-def test_a_missing_config_file_is_named(tmp_path):
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    missing = tmp_path / "nosuch.yaml"
-    result = _console("fit", "--config", str(missing), cwd=workdir)
+def test_a_missing_config_file_is_named(console):
+    result, missing = console["missing"], console["root"] / "nosuch.yaml"
     assert result.returncode == 2
     assert result.stderr == f"sapo: error: --config {missing}: no such file\n"
-    assert _nothing_started(workdir)
+    assert _nothing_started(console["root"] / "missing")
 
 
-def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    recipe = tmp_path / "broken.yaml"
-    recipe.write_text("model:\n  init_args:\n    pairs: {margin: 0.3\n    run_dir: x\n")
-    result = _console("fit", "--config", str(CONFIGS / "smoke.yaml"), "--config", str(recipe), cwd=workdir)
+def test_a_yaml_syntax_error_names_the_file_line_and_column(console):
+    result, recipe = console["yaml"], console["root"] / "broken.yaml"
     assert result.returncode == 2
     assert result.stderr.startswith(f"sapo: error: {recipe}, line 4, column 12: ")
     assert "<unicode string>" not in result.stderr and len(result.stderr.splitlines()) == 1
-    assert _nothing_started(workdir)
+    assert _nothing_started(console["root"] / "yaml")
 
 
-def test_sapo_debug_gives_the_traceback(tmp_path):
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    result = _console(
-        *_smoke(workdir, "--model.init_args.labelling.strategy.init_args.k", "-2"), cwd=workdir, debug=True
-    )
+def test_sapo_debug_gives_the_traceback(console):
+    result = console["debug"]
     assert result.returncode != 0
     assert "Traceback (most recent call last)" in result.stderr
     assert "k must be at least 1, got -2" in result.stderr and "sapo: error:" not in result.stderr
-    assert _nothing_started(workdir)
+    assert _nothing_started(console["root"] / "debug")
 
 
-def test_print_config_prints_the_help_as_comments(tmp_path):
-    commented = _console("fit", "--print_config", cwd=tmp_path)
-    plain = _console("fit", "--print_config=", cwd=tmp_path)  # jsonargparse's flags still work
+def test_print_config_prints_the_help_as_comments(console):
+    commented, plain = console["print-config"], console["print-config-plain"]
     assert commented.returncode == 0 and plain.returncode == 0, commented.stderr + plain.stderr
     # without --config the recipe is sapo's defaults, and says so first
     assert commented.stdout.splitlines()[0] == cli.DEFAULTS_LABEL == plain.stdout.splitlines()[0]
@@ -330,28 +353,21 @@ def test_print_config_prints_the_help_as_comments(tmp_path):
     assert yaml.safe_load(plain.stdout)["model"]["init_args"]["sampling"]["samples_per_question"] == 8
 
 
-def test_fit_help_says_how_to_see_the_loops_arguments(tmp_path):
-    result = _console("fit", "--help", cwd=tmp_path)
+def test_fit_help_says_how_to_see_the_loops_arguments(console):
+    result = console["fit-help"]
     assert result.returncode == 0
     head = " ".join(result.stdout.split("options:")[0].split())  # the description, above the options
     assert "`sapo fit --model.help sapo.evolution.SelfEvolution`" in head
 
 
-NOISE = ("GPU available", "TPU available", "litlogger", "FutureWarning")
-
-
-def test_lightnings_banner_lines_are_left_out_unless_debugging(tmp_path):
+def test_lightnings_banner_lines_are_left_out_unless_debugging(console):
     """A `sapo fit` that builds its trainer, then stops before any work (--ckpt_path is refused)."""
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    args = _smoke(workdir, "--ckpt_path", str(tmp_path / "last.ckpt"))
-    quiet = _console(*args, cwd=workdir)
+    quiet, loud = console["banner"], console["banner-loud"]
     assert quiet.returncode == 2
     assert "sapo: error: --ckpt_path does not apply to the self-evolution loop" in quiet.stderr
     assert not [line for line in (quiet.stdout + quiet.stderr).splitlines() if any(n in line for n in NOISE)]
-    loud = _console(*args, cwd=workdir, debug=True)
     assert "GPU available" in loud.stderr + loud.stdout and "Traceback" in loud.stderr
-    assert _nothing_started(workdir)
+    assert _nothing_started(console["root"] / "banner")
 
 
 def test_quiet_leaves_out_only_the_known_noise():

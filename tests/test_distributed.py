@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import loop_env, without_times
+from conftest import fit_in_this_process, loop_env, without_times
 
 from sapo.evolution.distributed import Ranks
 
@@ -82,7 +82,11 @@ def without_training(tmp_path_factory, sapo_cache_dir):
     runs = {}
     for devices in (1, 2):
         runs[devices] = cwd / f"run_{devices}"
-        _run(_command(runs[devices], sapo_cache_dir, devices, "--trainer.limit_train_batches", "0"), cwd)
+        command = _command(runs[devices], sapo_cache_dir, devices, "--trainer.limit_train_batches", "0")
+        if devices == 1:
+            fit_in_this_process(command, cwd)
+        else:  # Lightning's launcher starts the second process as a copy of the first's command
+            _run(command, cwd)
     return runs
 
 

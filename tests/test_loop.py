@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import loop_env, without_times
+from conftest import fit_in_this_process, loop_env, without_times
 
 from sapo.cli import SapoCLI
 from sapo.data.tasks.arithmetic import ArithmeticTask
@@ -90,13 +90,18 @@ def _phase_started(phase: str, after: float = 0.0):
     return until
 
 
+#: the smoke recipe on half its questions, each in a chunk of its own: the resume tests kill between chunks,
+#: and the ablations begin from the uninterrupted run
+KILLABLE = ("--data.init_args.chunk_size", "1", "--data.init_args.task.init_args.num_questions", "6")
+
+
 @pytest.fixture(scope="session")  # built once per test process, even if other files run in between
 def resumed_run(tmp_path_factory, sapo_cache_dir):
     """The smoke loop killed during sampling, during labelling, during a verifier's and an ORPO phase's
     training, then run to the end."""
     cwd = tmp_path_factory.mktemp("smoke")
     run_dir = cwd / "runs" / "smoke"
-    command = _command(run_dir, sapo_cache_dir, "--data.init_args.chunk_size", "1")
+    command = _command(run_dir, sapo_cache_dir, *KILLABLE)
     kills = []
     points = (
         _chunk_finished("samples_1"),
@@ -113,11 +118,10 @@ def resumed_run(tmp_path_factory, sapo_cache_dir):
 
 @pytest.fixture(scope="session")
 def uninterrupted_run(tmp_path_factory, sapo_cache_dir):
-    """The same smoke loop run once from start to end."""
+    """The same smoke loop run once from start to end (in the test's process: it is not killed)."""
     cwd = tmp_path_factory.mktemp("smoke_whole")
     run_dir = cwd / "runs" / "smoke"
-    command = _command(run_dir, sapo_cache_dir, "--data.init_args.chunk_size", "1")
-    assert _run_until(command, cwd, run_dir, lambda events: False) == "finished"
+    fit_in_this_process(_command(run_dir, sapo_cache_dir, *KILLABLE), cwd)
     return run_dir
 
 
@@ -232,23 +236,39 @@ def test_the_run_directory_holds_every_phase_and_a_report(resumed_run):
 OVERLAYS = sorted(p.name for p in (CONFIGS / "ablations").glob("*.yaml")) + ["../sipf.yaml"]
 
 
-@pytest.mark.spread
+def _last_shared_phase(overlay: dict) -> str:
+    """The last phase of the smoke recipe that an overlay's settings leave as they are: an arm may begin
+    with the phases through it (``branch_after``)."""
+    init = overlay["model"]["init_args"]
+    source = init.get("pairs", {}).get("source", "verifier")
+    if init.get("iterations") == 0 or source == "gold":
+        return "sft"  # nothing sampled (or evaluated) as the smoke recipe does it
+    if "initial_strategy" in init.get("labelling", {}) or source != "verifier":
+        return "samples_0"  # the first labels differ, or there are none (a recipe without a verifier)
+    return "samples_1"
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_dir):
+def test_every_ablation_runs_on_the_smoke_recipe(overlay, tmp_path, sapo_cache_dir, uninterrupted_run):
+    """Each overlay on the smoke recipe, begun from the uninterrupted run's phases that it shares (a branch,
+    as the reproduction runs its arms): what tells the arms apart runs, what they share is not redone."""
     run_dir = tmp_path / "run"
     config = yaml.safe_load((CONFIGS / "ablations" / overlay).read_text())
     smaller = ["--model.init_args.iterations", str(min(1, config["model"]["init_args"].get("iterations", 1)))]
+    shared = _last_shared_phase(config)
+    smaller += [*KILLABLE, "--model.init_args.branch_from", str(uninterrupted_run)]
+    smaller += ["--model.init_args.branch_after", shared]
     labelling = config["model"]["init_args"].get("labelling", {})
     for key in ("initial_strategy", "strategy"):  # keep the smoke run small: 2 completions per estimate
         strategy = labelling.get(key)
         if strategy and "k" in strategy.get("init_args", {}):
             smaller += [f"--model.init_args.labelling.{key}.init_args.k", "2"]
     command = _command(run_dir, sapo_cache_dir, "--config", str(CONFIGS / "ablations" / overlay), *smaller)
-    result = subprocess.run(
-        command, cwd=tmp_path, env=loop_env(), capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    fit_in_this_process(command, tmp_path)
     phases = json.loads((run_dir / "manifest.json").read_text())["phases"]
+    started = {e["phase"] for e in _events(run_dir) if e["event"] == "start"}
+    copied = list(phases)[: list(phases).index(shared) + 1]
+    assert copied[0] == "sft" and not started & set(copied)  # the shared phases were not redone
     strategy = labelling.get("strategy", {}).get("class_path")
     source = config["model"]["init_args"].get("pairs", {}).get("source")
     if source in ("rft", "outcome", "oracle"):

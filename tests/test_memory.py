@@ -319,3 +319,30 @@ def test_the_sapo_command_bounds_the_kernel_caches_first():
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert result.stderr.split()[-2:] == [str(KERNEL_CACHE_CAPACITY)] * 2
+
+
+def test_inside_collect_only_new_what_existed_is_frozen_and_new_cycles_are_still_freed():
+    import gc
+    import weakref
+
+    from sapo.evolution.memory import collect_only_new, release_memory
+
+    class Node:
+        pass
+
+    before = Node()
+    before.self = before  # a cycle made before: frozen inside, so a collection there cannot free it
+    gone_before = weakref.ref(before)
+    del before
+    with collect_only_new():
+        assert gc.get_freeze_count() > 1000  # the libraries' objects, skipped by every collection inside
+        made = Node()
+        made.self = made
+        gone = weakref.ref(made)
+        del made
+        release_memory()
+        assert gone() is None  # a model dropped by a phase is made inside, and freed as before
+        assert gone_before() is not None
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert gone_before() is None

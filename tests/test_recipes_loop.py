@@ -31,6 +31,7 @@ RECIPES = {
 SMOKE_SIZE = {
     "trainer.accelerator": "cpu",
     "trainer.precision": "32-true",
+    "trainer.limit_train_batches": "2",  # every training phase trains, on at most 2 batches (4 s each here)
     "model.init_args.reasoner.name_or_path": "smollm2-135m-instruct",
     "model.init_args.reasoner.gradient_checkpointing": "false",
     "model.init_args.iterations": "1",

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import without_times
+from conftest import fit_in_this_process, without_times
 from test_loop import _chunk_finished, _phase_started, _run_until
 
 from sapo.cli import SapoCLI
@@ -51,8 +51,9 @@ def sapo_run(tmp_path_factory, sapo_cache_dir):
     """SAPO's smoke loop, one iteration: the run every SPHERE run here begins from (its first five phases)."""
     cwd = tmp_path_factory.mktemp("sapo_smoke")
     run_dir = cwd / "runs" / "sapo"
-    command = _command("smoke.yaml", run_dir, sapo_cache_dir, "--model.init_args.iterations", "1")
-    assert _run_until(command, cwd, run_dir, lambda events: False) == "finished"
+    fit_in_this_process(
+        _command("smoke.yaml", run_dir, sapo_cache_dir, "--model.init_args.iterations", "1"), cwd
+    )
     return run_dir
 
 
@@ -65,10 +66,7 @@ def _sphere(run_dir: Path, cache: str, source: Path) -> list[str]:
 def whole_run(tmp_path_factory, sapo_cache_dir, sapo_run):
     cwd = tmp_path_factory.mktemp("sphere_whole")
     run_dir = cwd / "runs" / "sphere"
-    assert (
-        _run_until(_sphere(run_dir, sapo_cache_dir, sapo_run), cwd, run_dir, lambda events: False)
-        == "finished"
-    )
+    fit_in_this_process(_sphere(run_dir, sapo_cache_dir, sapo_run), cwd)  # not killed: in this process
     return run_dir
 
 

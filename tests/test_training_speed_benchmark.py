@@ -65,22 +65,35 @@ def test_the_timing_starts_after_the_warm_up_steps(bench):
     assert no_warmup["timed_seconds"] == pytest.approx(7.0) and no_warmup["tokens"] == 100
 
 
-def test_sapo_trainers_run_through_the_driver(bench, tmp_path, sapo_cache_dir, monkeypatch):
+def _tiny_folder(path, cache: str):
+    model, tokenizer = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=cache).load()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def driven(bench, tmp_path_factory, sapo_cache_dir):
+    """The driver's record of sapo's ORPO and PRM trainers (``--smoke``, batches of 4, no accumulation) and
+    of a TRL trainer whose environment is missing; the folder of the tiny model they trained."""
+    folder = _tiny_folder(tmp_path_factory.mktemp("speed") / "tiny", sapo_cache_dir)
+    out = folder.parent / "speed.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(
+            bench.TRAINERS, "trl-orpo", ("orpo", "trl", folder.parent / "no-env" / "bin" / "python")
+        )
+        patch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")  # recorded: such settings move the figures
+        bench.main(["--smoke", "--model", str(folder), "--batch-size", "4", "--threads", "1"]
+                   + ["--out", str(out), "--only", "sapo-orpo,sapo-prm,trl-orpo"])  # fmt: skip
+    return json.loads(out.read_text()), folder
+
+
+def test_sapo_trainers_run_through_the_driver(driven):
     """The driver prepares the data, runs sapo's ORPO and PRM children in their own processes and records
     every step's tokens, each part of a step's memory and the kernel-cache settings they ran under; an
     absent TRL environment is an error entry that names the script to run, not a crash."""
-    folder = tmp_path / "tiny"
-    model, tokenizer = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir).load()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    out = tmp_path / "speed.json"
-    steps, batch = 3, 4  # --smoke: 3 steps on 24 rows
-    monkeypatch.setitem(bench.TRAINERS, "trl-orpo", ("orpo", "trl", tmp_path / "no-env" / "bin" / "python"))
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")  # recorded: such settings move the figures
-    only = "sapo-orpo,sapo-prm,trl-orpo"
-    bench.main(["--smoke", "--model", str(folder), "--batch-size", str(batch), "--threads", "1"]
-               + ["--out", str(out), "--only", only])  # fmt: skip
-    record = json.loads(out.read_text())
+    record, _ = driven
+    steps = 3  # --smoke: 3 steps on 24 rows
     assert record["data"]["rows"] == 24 and record["data"]["prm_with_error"] == 12
     assert record["environment"]["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
     for name in ("sapo-orpo", "sapo-prm"):
@@ -97,20 +110,14 @@ def test_sapo_trainers_run_through_the_driver(bench, tmp_path, sapo_cache_dir, m
     assert "| sapo-orpo |" in record["table"] and "| trl-orpo |" in record["table"]
 
 
-def test_accumulated_micro_batches_make_one_step_record_each(bench, tmp_path, sapo_cache_dir):
+def test_accumulated_micro_batches_make_one_step_record_each(bench, driven, tmp_path):
     """With --accumulate 2 each optimizer step is recorded once, with the tokens of both of its micro-batches:
-    the same rows per step, in the same order, as one batch of the whole size."""
-    folder = tmp_path / "tiny"
-    model, tokenizer = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir).load()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    records = {}
-    for accumulate in (1, 2):
-        out = tmp_path / f"speed_{accumulate}.json"
-        bench.main(["--smoke", "--model", str(folder), "--batch-size", "4", "--threads", "1"]
-                   + ["--accumulate", str(accumulate), "--only", "sapo-orpo", "--out", str(out)])  # fmt: skip
-        records[accumulate] = json.loads(out.read_text())["results"]["sapo-orpo"]
-    whole, halves = records[1], records[2]
+    the same rows per step, in the same order, as one batch of the whole size (the driver's run above)."""
+    record, folder = driven
+    out = tmp_path / "speed_2.json"
+    bench.main(["--smoke", "--model", str(folder), "--batch-size", "4", "--threads", "1"]
+               + ["--accumulate", "2", "--only", "sapo-orpo", "--out", str(out)])  # fmt: skip
+    whole, halves = record["results"]["sapo-orpo"], json.loads(out.read_text())["results"]["sapo-orpo"]
     assert halves["global_step"] == whole["global_step"] == 3
     assert [s["step"] for s in halves["steps"]] == [1, 2, 3]
     assert [s["tokens"] for s in halves["steps"]] == [s["tokens"] for s in whole["steps"]]
@@ -127,10 +134,7 @@ def test_a_loop_rounds_rows_train_in_the_loops_batches_with_and_without_shared_p
     from sapo.data.preference import PreferencePair
     from sapo.data.trajectory import write_jsonl
 
-    folder = tmp_path / "tiny"
-    model, tokenizer = BackboneSpec(TINY_RANDOM, dtype="float32", cache_dir=sapo_cache_dir).load()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = _tiny_folder(tmp_path / "tiny", sapo_cache_dir)
     rows = [
         PreferencePair(f"q{i}", f"Q{i}: {i}+1?\n", [f"{i} + 1 = {i + 1}", f"The answer is {i + 1}"])
         for i in range(12)
@@ -139,15 +143,16 @@ def test_a_loop_rounds_rows_train_in_the_loops_batches_with_and_without_shared_p
         pair.rejected = ["1 + 1 = 3", "The answer is 3"]
     pairs = write_jsonl(rows, tmp_path / "pairs_1.jsonl")
     tokens = {}
-    for shared in ("--shared-prefix", "--no-shared-prefix"):
+    for shared, only in (("--shared-prefix", "sapo-orpo,sapo-prm"), ("--no-shared-prefix", "sapo-orpo")):
         out = tmp_path / f"{shared}.json"
         bench.main(["--smoke", "--model", str(folder), "--batch-size", "4", "--threads", "1", shared]
-                   + ["--sapo-pairs", str(pairs), "--only", "sapo-orpo,sapo-prm", "--prm-lora"]
+                   + ["--sapo-pairs", str(pairs), "--only", only, "--prm-lora"]
                    + ["--out", str(out)])  # fmt: skip
         record = json.loads(out.read_text())
         assert record["data"]["sapo_pairs"] == {"rows": 12, "with_rejected": 4}
         assert record["settings"]["shared_prefix"] is (shared == "--shared-prefix")
-        assert "error" not in record["results"]["sapo-prm"]
+        if "sapo-prm" in only:
+            assert "error" not in record["results"]["sapo-prm"]  # the PRM's adapter trains
         tokens[shared] = [step["tokens"] for step in record["results"]["sapo-orpo"]["steps"]]
     assert tokens["--shared-prefix"] == tokens["--no-shared-prefix"] and len(tokens["--shared-prefix"]) == 3
     with pytest.raises(SystemExit):

@@ -155,7 +155,17 @@ def test_serving_another_checkpoint_reloads_its_weights_in_place(tiny, engine, s
 
 
 def test_an_engine_that_cannot_start_names_the_settings(tiny):
-    with pytest.raises(VLLMEngineError, match=r"could not start.*sampling\.vllm\.kv_cache_gib"):
+    # a length vLLM refuses for this model (its config check, before the engine's processes start)
+    with pytest.raises(VLLMEngineError, match=r"(?s)could not start.*sampling\.vllm\.max_model_len"):
+        VLLMEngine(tiny[2], _options(max_model_len=10**6), setting="model.init_args.sampling.vllm")
+
+
+def test_a_cache_larger_than_the_memory_is_refused_before_the_engine_starts(tiny, monkeypatch):
+    def no_engine(**arguments):
+        raise AssertionError("the engine was started")
+
+    monkeypatch.setattr("vllm.LLM", no_engine)
+    with pytest.raises(VLLMEngineError, match=r"sampling\.vllm\.kv_cache_gib: 100000 GiB does not fit"):
         VLLMEngine(tiny[2], _options(kv_cache_gib=100_000), setting="model.init_args.sampling.vllm")
 
 

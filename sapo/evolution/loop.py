@@ -55,7 +55,7 @@ from sapo.evolution.branch import RERUN_ADJUSTABLE, begin_branch
 from sapo.evolution.chunks import label_in_chunks, label_subset, sample_in_chunks, sampler_factory
 from sapo.evolution.data import LabelledData, SAPSDataModule, TaskPrompts
 from sapo.evolution.distributed import Ranks, device_for_rank, launch, torch_threads_for_rank
-from sapo.evolution.memory import PhaseMemory, release_memory
+from sapo.evolution.memory import PhaseMemory, collect_only_new, release_memory
 from sapo.evolution.pair_sources import check_pair_source, round_pairs
 from sapo.evolution.report import publish_iteration, write_report
 from sapo.evolution.run_directory import (
@@ -181,7 +181,8 @@ class SelfEvolution:
             raise TypeError(
                 f"SelfEvolution needs data: sapo.evolution.SAPSDataModule, got {type(data).__name__}"
             )
-        return launch(trainer, lambda ranks: self._fit_on_rank(trainer, data, settings, ranks))
+        with collect_only_new():  # each phase's collection skips the libraries' objects
+            return launch(trainer, lambda ranks: self._fit_on_rank(trainer, data, settings, ranks))
 
     def _fit_on_rank(
         self, trainer: L.Trainer, data: SAPSDataModule, settings: dict[str, Any] | None, ranks: Ranks

@@ -64,6 +64,7 @@ from sapo.models._options import (
     computes_bfloat16_fast,
 )
 from sapo.models._tiny import _TINY_PATTERN, TINY_RANDOM, _ensure_tiny_random, tiny_random_config
+from sapo.models._tokenizers import read_tokenizer
 from sapo.rollout.attention import attention_names
 
 __all__ = [
@@ -225,12 +226,12 @@ def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None) -> PreTra
     path = Path(name_or_path).expanduser()
     try:
         if name_or_path == PACKAGED_SMOLLM2 or _TINY_PATTERN.match(name_or_path):
-            tokenizer = AutoTokenizer.from_pretrained(_ensure_packaged_smollm2_tokenizer(cache_root)[0])
+            tokenizer = read_tokenizer(_ensure_packaged_smollm2_tokenizer(cache_root)[0])
         elif path.suffix.lower() == ".gguf":
             _require_gguf_package()
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         elif path.exists():
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            tokenizer = read_tokenizer(name_or_path)
         else:
             if _hub_access(name_or_path, path, what="tokenizer"):
                 with offline_mode():
@@ -493,7 +494,7 @@ def _load_checkpoint(name_or_folder: str, spec: BackboneSpec, local_files_only: 
 def _load_checkpoint_files(name_or_folder: str, spec: BackboneSpec, local_files_only: bool = False):
     dtype = resolve_dtype(spec.dtype, spec.device, base_is_frozen=spec.lora is not None or spec.load_in_4bit)
     local = {"local_files_only": True} if local_files_only else {}
-    tokenizer = AutoTokenizer.from_pretrained(name_or_folder, **local)
+    tokenizer = read_tokenizer(name_or_folder, **local)
     kwargs = {_dtype_keyword(): dtype, **local}
     if local_files_only:  # AutoModel's adapter-config lookup does not receive local_files_only otherwise
         kwargs["adapter_kwargs"] = dict(local)

@@ -124,6 +124,30 @@ def _model_length(checkpoint: str) -> int:
     return int(getattr(config, "max_position_embeddings", None) or 2048)
 
 
+def _memory_gib_for_the_cache() -> float:
+    """The memory the engine's key/value cache would live in, GiB: one GPU's (the current one) where CUDA is
+    available, else the machine's physical memory (vLLM's CPU build keeps the cache in host memory)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def _check_cache_fits(options: VLLMOptions, setting: str) -> None:
+    """Refuse a ``kv_cache_gib`` larger than the memory it must fit in (:func:`_memory_gib_for_the_cache`)
+    before the engine starts: vLLM would find out only once its processes had loaded the model."""
+    if options.kv_cache_gib is None:
+        return
+    available = _memory_gib_for_the_cache()
+    if options.kv_cache_gib >= available:
+        raise VLLMEngineError(
+            f"{setting}.kv_cache_gib: {options.kv_cache_gib:g} GiB does not fit in the {available:.1f} GiB "
+            "of memory the cache would live in; give it a fraction of that (1 GiB holds about 45,000 tokens of "
+            "SmolLM2-135M)"
+        )
+
+
 @contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables while the engine starts (its processes read them), then restore them."""
@@ -162,9 +186,10 @@ class VLLMEngine:
     ) -> None:
         if not vllm_available():
             raise VLLMEngineError(f"the vLLM backend needs vLLM, which is not installed: {INSTALL_HINT}")
+        self.options = options or VLLMOptions()
+        _check_cache_fits(self.options, setting)
         from vllm import LLM  # imported here: vLLM is optional
 
-        self.options = options or VLLMOptions()
         self.setting = setting
         self.checkpoint = str(checkpoint)
         self.weight_updates = 0
