@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from sapo.data.trajectory import Cost
@@ -127,8 +128,6 @@ def _model_length(checkpoint: str) -> int:
 def _memory_gib_for_the_cache() -> float:
     """The memory the engine's key/value cache would live in, GiB: one GPU's (the current one) where CUDA is
     available, else the machine's physical memory (vLLM's CPU build keeps the cache in host memory)."""
-    import torch
-
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
